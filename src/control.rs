@@ -1,0 +1,140 @@
+//! Module-level control, mirroring Python's `tracemalloc` functions.
+
+use crate::error::Error;
+use crate::guard::Guard;
+use crate::snapshot::{self, Snapshot, Traceback};
+use crate::stack::capture;
+use crate::stack::CaptureMode;
+use crate::tracer::{self, MAX_FRAMES};
+use crate::{counters, meta, table};
+
+/// Traced memory, in requested bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TracedMemory {
+    /// Bytes of the traced blocks live now.
+    pub current: usize,
+    /// Most bytes live at once since tracing started (or since `reset_peak`/`clear_traces`).
+    /// Exact: the maximum of `current` over every change, in the order the changes happened.
+    pub peak: usize,
+    /// Bytes allocated since tracing started, freed or not (reallocations count their new size).
+    pub allocated_bytes: u64,
+    /// Blocks allocated since tracing started (reallocations count one).
+    pub allocated_blocks: u64,
+    /// Blocks not traced because the tracer could not allocate its own record. Always 0 unless
+    /// the system ran out of memory; those blocks are missing from `current` and snapshots.
+    pub dropped_blocks: u64,
+}
+
+/// Starts tracing with a traceback limit of `nframe` frames, or, when tracing already, applies
+/// the new limit to later allocations (tracemalloc ignores it). Starting after `stop()` begins
+/// with empty traces and zeroed totals.
+pub fn start(nframe: usize) -> Result<(), Error> {
+    if !(1..=MAX_FRAMES).contains(&nframe) {
+        return Err(Error::InvalidFrameCount { requested: nframe });
+    }
+    ensure_installed()?;
+    tracer::set_limit(nframe);
+    if !tracer::is_on() {
+        // Drop anything a racing allocation left behind when tracing stopped.
+        table::clear();
+        counters::reset_totals();
+        counters::reset_peak();
+        tracer::switch_on();
+    }
+    Ok(())
+}
+
+/// Stops tracing and forgets every trace (current and peak return to 0).
+pub fn stop() {
+    if tracer::switch_off() {
+        table::clear();
+        counters::reset_peak();
+    }
+}
+
+/// Whether allocations are being traced.
+pub fn is_tracing() -> bool {
+    tracer::is_on()
+}
+
+/// Forgets every trace; current and peak become 0. Tracing goes on.
+pub fn clear_traces() {
+    table::clear();
+    counters::reset_peak();
+}
+
+/// Current and peak traced memory, and totals since start.
+pub fn traced_memory() -> TracedMemory {
+    let (allocated_bytes, allocated_blocks, dropped_blocks) = counters::totals();
+    TracedMemory {
+        current: counters::current(),
+        peak: counters::peak(),
+        allocated_bytes,
+        allocated_blocks,
+        dropped_blocks,
+    }
+}
+
+/// Sets the peak to the current traced memory, to measure the peak of what follows.
+pub fn reset_peak() {
+    counters::reset_peak();
+}
+
+/// Frames kept per traceback, counted from the call site outward.
+pub fn traceback_limit() -> usize {
+    tracer::limit()
+}
+
+/// Bytes the tracer's own tables (live blocks and interned stacks) hold; they are never traced.
+/// Symbolization caches and snapshots are not included.
+pub fn tracer_memory() -> usize {
+    meta::meta_bytes()
+}
+
+/// Allocations the tracer itself made through the global allocator (and so did not trace):
+/// symbolization, the unwinder fallback, snapshot assembly. Recording a block whose stack is
+/// already known makes none.
+pub fn tracer_allocations() -> u64 {
+    tracer::reentrant_allocations()
+}
+
+/// How stacks are captured in this process: decided at the first traced allocation.
+pub fn capture_mode() -> CaptureMode {
+    capture::mode()
+}
+
+/// The traceback of the live traced block at `ptr`, or `None` when `ptr` is not the start of
+/// such a block.
+pub fn object_traceback<T: ?Sized>(ptr: *const T) -> Option<Traceback> {
+    let _guard = Guard::enter();
+    let entry = table::get(ptr as *const u8 as usize)?;
+    Some(snapshot::traceback_of(
+        entry.stack,
+        tracer::limit(),
+        tracer::capture_cap(),
+    ))
+}
+
+/// Copies the live traces and symbolizes them.
+pub fn take_snapshot() -> Result<Snapshot, Error> {
+    ensure_installed()?;
+    if !tracer::is_on() {
+        return Err(Error::NotTracing);
+    }
+    // Everything allocated from here on is the tracer's, not the program's.
+    let _guard = Guard::enter();
+    Ok(snapshot::take(tracer::limit(), tracer::capture_cap()))
+}
+
+fn ensure_installed() -> Result<(), Error> {
+    if !tracer::is_installed() {
+        // Nothing has gone through a Tracer yet: allocate once to find out.
+        std::hint::black_box(Box::new(0u8));
+    }
+    if tracer::is_installed() {
+        Ok(())
+    } else {
+        Err(Error::NotInstalled)
+    }
+}

@@ -1,0 +1,69 @@
+//! Process-wide counters: current and peak traced bytes, totals since start.
+//!
+//! `current` is changed only while the shard lock of the block concerned is held (see
+//! `table.rs`), so a block's addition always precedes its subtraction and `current` never
+//! wraps. The peak is raised with `fetch_max` right after each addition that exceeds it, so it is
+//! the exact maximum of `current` over its modification order: the largest number of traced
+//! bytes ever live at once.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static TOTAL_BYTES: AtomicU64 = AtomicU64::new(0);
+static TOTAL_BLOCKS: AtomicU64 = AtomicU64::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+#[inline]
+pub(crate) fn added(size: usize) {
+    let now = CURRENT.fetch_add(size, Relaxed).wrapping_add(size);
+    if now > PEAK.load(Relaxed) {
+        PEAK.fetch_max(now, Relaxed);
+    }
+    TOTAL_BYTES.fetch_add(size as u64, Relaxed);
+    TOTAL_BLOCKS.fetch_add(1, Relaxed);
+}
+
+/// A record put back after a failed `realloc`: live again, but not a new allocation.
+pub(crate) fn restored(size: usize) {
+    let now = CURRENT.fetch_add(size, Relaxed).wrapping_add(size);
+    PEAK.fetch_max(now, Relaxed);
+}
+
+#[inline]
+pub(crate) fn removed(size: usize) {
+    CURRENT.fetch_sub(size, Relaxed);
+}
+
+/// A block the tracer could not record (its own memory ran out).
+#[cold]
+pub(crate) fn dropped() {
+    DROPPED.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn current() -> usize {
+    CURRENT.load(Relaxed)
+}
+
+pub(crate) fn peak() -> usize {
+    PEAK.load(Relaxed)
+}
+
+pub(crate) fn totals() -> (u64, u64, u64) {
+    (
+        TOTAL_BYTES.load(Relaxed),
+        TOTAL_BLOCKS.load(Relaxed),
+        DROPPED.load(Relaxed),
+    )
+}
+
+pub(crate) fn reset_peak() {
+    PEAK.store(CURRENT.load(Relaxed), Relaxed);
+}
+
+/// Zeroes the totals (at `start`); current and peak follow the table, see `table::clear`.
+pub(crate) fn reset_totals() {
+    TOTAL_BYTES.store(0, Relaxed);
+    TOTAL_BLOCKS.store(0, Relaxed);
+    DROPPED.store(0, Relaxed);
+}

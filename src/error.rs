@@ -1,0 +1,41 @@
+//! Errors.
+
+use std::fmt;
+
+/// What went wrong.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// `tracealloc::Tracer` is not this program's global allocator, so nothing is recorded.
+    NotInstalled,
+    /// Tracing is stopped (`stop()` was called, or the tracer was built `start_stopped`).
+    NotTracing,
+    /// A traceback limit outside `1..=256`.
+    InvalidFrameCount {
+        /// The limit asked for.
+        requested: usize,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotInstalled => f.write_str(
+                "tracealloc::Tracer is not the global allocator of this program, so nothing is \
+                 traced; add this line to the binary (or to the test file):\n    \
+                 #[global_allocator] static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();",
+            ),
+            Error::NotTracing => f.write_str(
+                "tracealloc is not tracing: call tracealloc::start(16) first (tracing is off \
+                 after stop() and with Tracer::start_stopped())",
+            ),
+            Error::InvalidFrameCount { requested } => write!(
+                f,
+                "the number of frames must be in 1..={}, got {requested}",
+                crate::tracer::MAX_FRAMES
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

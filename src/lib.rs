@@ -1,0 +1,74 @@
+//! Python's `tracemalloc`, for Rust: which of your lines hold your memory.
+//!
+//! Install the tracer as the global allocator (one line), then ask:
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+//!
+//! fn main() -> Result<(), tracealloc::Error> {
+//!     let words: Vec<String> = (0..10_000).map(|i| format!("word{i}")).collect();
+//!     let snapshot = tracealloc::take_snapshot()?;
+//!     for stat in snapshot.statistics(tracealloc::GroupBy::Line).iter().take(10) {
+//!         println!("{stat}"); // src/main.rs:5: size=166 KiB, count=10000, average=17 B
+//!     }
+//!     let memory = tracealloc::traced_memory();
+//!     println!("current {} B, peak {} B", memory.current, memory.peak);
+//!     drop(words);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # What is recorded
+//!
+//! Every allocation, reallocation and free that goes through the global allocator, with the
+//! requested size and the stack of return addresses, from the first allocation of the process
+//! (unless [`Tracer::start_stopped`]). Stacks are captured by walking frame pointers
+//! (~1 ns a frame) and interned; nothing is symbolized until a snapshot is taken.
+//!
+//! # The call site
+//!
+//! The innermost frames of any Rust allocation are allocator machinery (`__rust_alloc`,
+//! `alloc::raw_vec`, `Vec::push`, std's hash map internals). A [`Traceback`] starts at the
+//! *call site*: the innermost frame that is not tracealloc's, not an allocator shim and not in
+//! the Rust toolchain's library sources. So `statistics(GroupBy::Line)` points at the line of
+//! your code that called `push`, `format!` or `collect`, not at `raw_vec.rs`. The trimmed frames
+//! stay available through [`Traceback::machinery`].
+//!
+//! # Frame pointers
+//!
+//! The fast walk needs your crates built with `-C force-frame-pointers=yes` (the prebuilt
+//! standard library has frame pointers since Rust 1.79). The first traced allocation checks the
+//! walk against the DWARF unwinder; when they disagree, tracealloc falls back to the unwinder
+//! (exact, but ~100 times slower per allocation), says so once on stderr, and every snapshot
+//! says so in [`Snapshot::notes`]. [`capture_mode`] tells which is in use.
+//!
+//! # Line numbers
+//!
+//! Release builds need line tables: `[profile.release] debug = "line-tables-only"`. Without
+//! them call sites show as `<unknown>:0` and [`Snapshot::notes`] says why.
+//!
+//! # Costs
+//!
+//! See the README's "Overhead" section and `benches/README.md` for measured figures.
+
+mod control;
+mod counters;
+mod error;
+mod format;
+mod guard;
+mod meta;
+mod snapshot;
+mod stack;
+mod table;
+mod tracer;
+
+pub use control::{
+    capture_mode, clear_traces, is_tracing, object_traceback, reset_peak, start, stop,
+    take_snapshot, traceback_limit, traced_memory, tracer_allocations, tracer_memory, TracedMemory,
+};
+pub use error::Error;
+pub use format::format_size;
+pub use snapshot::{Frame, GroupBy, Report, Snapshot, Statistic, Trace, Traceback};
+pub use stack::CaptureMode;
+pub use tracer::{Tracer, DEFAULT_FRAMES, MAX_FRAMES};

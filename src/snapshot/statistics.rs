@@ -1,0 +1,189 @@
+//! Grouping traces into statistics, and the top-N report.
+
+use super::{Frame, Snapshot, Traceback};
+use crate::format::format_size;
+use std::collections::HashMap;
+use std::fmt;
+
+/// How traces are grouped into statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GroupBy {
+    /// By call site `filename:lineno` (tracemalloc's `'lineno'`).
+    Line,
+    /// By call site file (tracemalloc's `'filename'`; printed with line 0).
+    File,
+    /// By call site function.
+    Function,
+    /// By whole traceback, up to the traceback limit (tracemalloc's `'traceback'`).
+    Traceback,
+}
+
+/// Bytes and blocks of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Statistic {
+    /// The group's key: one frame for `Line`, `File` and `Function`, the whole stack for
+    /// `Traceback`.
+    pub traceback: Traceback,
+    /// Total bytes.
+    pub size: usize,
+    /// Number of blocks.
+    pub count: usize,
+    /// The grouping that made this statistic.
+    pub group_by: GroupBy,
+}
+
+/// tracemalloc's format: `src/main.rs:12: size=2637 MiB, count=2, average=1318 MiB`;
+/// grouped by function: `parse_table (src/parse.rs): size=…`.
+impl fmt::Display for Statistic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_key(f, &self.traceback, self.group_by)?;
+        write!(
+            f,
+            ": size={}, count={}",
+            format_size(self.size as f64, false),
+            self.count
+        )?;
+        if self.count > 0 {
+            write!(
+                f,
+                ", average={}",
+                format_size(self.size as f64 / self.count as f64, false)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn write_key(
+    f: &mut fmt::Formatter<'_>,
+    traceback: &Traceback,
+    group_by: GroupBy,
+) -> fmt::Result {
+    let frame = traceback.call_site();
+    match group_by {
+        GroupBy::Function => write!(f, "{} ({})", frame.function, frame.filename),
+        _ => write!(f, "{frame}"),
+    }
+}
+
+impl GroupBy {
+    /// The key frame(s) of a traceback under this grouping.
+    pub(crate) fn key(self, traceback: &Traceback) -> Traceback {
+        let site = traceback.call_site();
+        match self {
+            GroupBy::Line => Traceback::from_frames(vec![Frame {
+                function: "".into(),
+                ..site.clone()
+            }]),
+            GroupBy::File => Traceback::from_frames(vec![Frame {
+                lineno: 0,
+                function: "".into(),
+                ..site.clone()
+            }]),
+            GroupBy::Function => Traceback::from_frames(vec![Frame {
+                lineno: 0,
+                ..site.clone()
+            }]),
+            GroupBy::Traceback => traceback.clone(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Groups the traces, biggest first (by size, then count, as tracemalloc sorts).
+    pub fn statistics(&self, group_by: GroupBy) -> Vec<Statistic> {
+        // Many traces share one Traceback (interned stacks): group those first, by pointer.
+        let mut by_stack: HashMap<*const Frame, (Traceback, usize, usize)> = HashMap::new();
+        for trace in self.traces() {
+            let slot = by_stack
+                .entry(trace.traceback.frames().as_ptr())
+                .or_insert_with(|| (trace.traceback.clone(), 0, 0));
+            slot.1 += trace.size;
+            slot.2 += 1;
+        }
+        let mut groups: HashMap<Traceback, (usize, usize)> = HashMap::new();
+        for (traceback, size, count) in by_stack.into_values() {
+            let slot = groups.entry(group_by.key(&traceback)).or_insert((0, 0));
+            slot.0 += size;
+            slot.1 += count;
+        }
+        let mut stats: Vec<Statistic> = groups
+            .into_iter()
+            .map(|(traceback, (size, count))| Statistic {
+                traceback,
+                size,
+                count,
+                group_by,
+            })
+            .collect();
+        stats.sort_by(|a, b| {
+            (b.size, b.count)
+                .cmp(&(a.size, a.count))
+                .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+        });
+        stats
+    }
+
+    /// A printable top-`limit` report: notes, one line per group with its source line, the
+    /// rest summed, the total.
+    pub fn report(&self, group_by: GroupBy, limit: usize) -> Report {
+        Report {
+            notes: self.notes(),
+            stats: self.statistics(group_by),
+            limit,
+        }
+    }
+}
+
+/// The top of a snapshot's statistics, printable (see [`Snapshot::report`]).
+#[derive(Clone, Debug)]
+pub struct Report {
+    notes: Vec<String>,
+    stats: Vec<Statistic>,
+    limit: usize,
+}
+
+impl Report {
+    /// The statistics shown (at most the limit).
+    pub fn top(&self) -> &[Statistic] {
+        &self.stats[..self.limit.min(self.stats.len())]
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for note in &self.notes {
+            writeln!(f, "note: {note}")?;
+        }
+        for (i, stat) in self.top().iter().enumerate() {
+            writeln!(f, "#{}: {stat}", i + 1)?;
+            let site = stat.traceback.call_site();
+            if let Some(line) = stat
+                .traceback
+                .format(Some(1), true)
+                .get(1)
+                .filter(|_| site.lineno > 0)
+            {
+                writeln!(f, "  {}", line.trim_start())?;
+            }
+        }
+        let rest = &self.stats[self.top().len()..];
+        if !rest.is_empty() {
+            let size: usize = rest.iter().map(|s| s.size).sum();
+            writeln!(
+                f,
+                "{} other: {}",
+                rest.len(),
+                format_size(size as f64, false)
+            )?;
+        }
+        let total: usize = self.stats.iter().map(|s| s.size).sum();
+        write!(
+            f,
+            "Total allocated size: {}",
+            format_size(total as f64, false)
+        )
+    }
+}

@@ -1,0 +1,321 @@
+//! Capturing return addresses on the hot path.
+//!
+//! The default is a frame-pointer walk (~1 ns a frame), bounds-checked against the current
+//! thread's stack so that code built without frame pointers yields a short or empty stack,
+//! never a crash. The first traced allocation compares the walk with `backtrace` on the same
+//! stack; when they disagree, every later capture uses `backtrace::trace_unsynchronized`
+//! (DWARF unwinding, ~100 ns a frame), and that choice is reported once on stderr and in every
+//! snapshot.
+
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How stacks are captured in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CaptureMode {
+    /// Not decided yet: nothing has been traced so far.
+    Undecided,
+    /// Frame-pointer walk: fast and exact (the build has frame pointers).
+    FramePointers,
+    /// DWARF unwinding through `backtrace::trace_unsynchronized`: exact but ~100× slower per
+    /// allocation; chosen when the frame-pointer walk did not match the unwinder.
+    Backtrace,
+}
+
+impl std::fmt::Display for CaptureMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CaptureMode::Undecided => "undecided",
+            CaptureMode::FramePointers => "frame-pointers",
+            CaptureMode::Backtrace => "backtrace",
+        })
+    }
+}
+
+const UNDECIDED: u8 = 0;
+const CHECKING: u8 = 1;
+const FRAME_POINTERS: u8 = 2;
+const BACKTRACE: u8 = 3;
+
+static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
+
+pub(crate) fn mode() -> CaptureMode {
+    match MODE.load(Ordering::Relaxed) {
+        FRAME_POINTERS => CaptureMode::FramePointers,
+        BACKTRACE => CaptureMode::Backtrace,
+        _ => CaptureMode::Undecided,
+    }
+}
+
+/// Fills `buf` with return addresses, innermost first; returns how many.
+///
+/// Must be called with the reentrancy guard held (the fallback and the calibration may
+/// allocate).
+#[inline]
+pub(crate) fn capture(buf: &mut [MaybeUninit<usize>]) -> usize {
+    match MODE.load(Ordering::Relaxed) {
+        FRAME_POINTERS => fp_walk(buf),
+        BACKTRACE => unwind(buf),
+        _ => calibrate(buf),
+    }
+}
+
+/// Decides the capture mode on the current stack, then captures.
+#[cold]
+#[inline(never)]
+fn calibrate(buf: &mut [MaybeUninit<usize>]) -> usize {
+    if MODE
+        .compare_exchange(UNDECIDED, CHECKING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Another thread is deciding (or has decided); the unwinder is always right.
+        return match MODE.load(Ordering::Acquire) {
+            FRAME_POINTERS => fp_walk(buf),
+            _ => unwind(buf),
+        };
+    }
+    let works = frame_pointers_match_unwinder();
+    MODE.store(
+        if works { FRAME_POINTERS } else { BACKTRACE },
+        Ordering::Release,
+    );
+    if !works {
+        say(concat!(
+            "tracealloc: frame pointers are missing, so stacks are captured with the much slower ",
+            "DWARF unwinder (backtrace). Build with RUSTFLAGS=\"-C force-frame-pointers=yes\" ",
+            "(or [build] rustflags in .cargo/config.toml) for the fast path.\n"
+        ));
+    }
+    capture(buf)
+}
+
+/// Writes a message to stderr without allocating or taking std's stderr lock.
+fn say(msg: &str) {
+    // SAFETY: writes `msg.len()` initialized bytes from a live &str to fd 2; a failed or short
+    // write only loses the message.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+    }
+}
+
+const CHECK_DEPTH: usize = 64;
+
+/// Compares the frame-pointer walk with the DWARF unwinder on the current stack.
+///
+/// The walk is accepted when it is a contiguous run of the unwinder's frames that reaches the
+/// unwinder's last frames (glibc's start-up code has no frame pointers: a few may be missing).
+#[inline(never)]
+fn frame_pointers_match_unwinder() -> bool {
+    let mut walked = [MaybeUninit::uninit(); CHECK_DEPTH];
+    let mut unwound = [MaybeUninit::uninit(); CHECK_DEPTH];
+    let n_walked = fp_walk(&mut walked);
+    let n_unwound = unwind(&mut unwound);
+    // SAFETY: `fp_walk` and `unwind` initialize the first `n` slots they return.
+    let (walked, unwound) = unsafe {
+        (
+            slice_assume_init(&walked[..n_walked]),
+            slice_assume_init(&unwound[..n_unwound]),
+        )
+    };
+    walk_agrees(walked, unwound)
+}
+
+/// The rule of [`frame_pointers_match_unwinder`] on two captured stacks.
+pub(crate) fn walk_agrees(walked: &[usize], unwound: &[usize]) -> bool {
+    // The two captures start in different functions; line them up on the walk's second frame
+    // (the first is the return into the function that called the walk, the unwinder's is a
+    // different call in that same function).
+    if walked.len() < 3 {
+        return false;
+    }
+    let Some(start) = unwound.iter().position(|&ip| ip == walked[1]) else {
+        return false;
+    };
+    let tail = &unwound[start..];
+    let compared = &walked[1..];
+    if compared.len() > tail.len() || tail[..compared.len()] != *compared {
+        return false;
+    }
+    const MISSING_AT_THE_ROOT: usize = 4;
+    tail.len() - compared.len() <= MISSING_AT_THE_ROOT
+}
+
+/// # Safety
+/// Every element of `s` must be initialized.
+unsafe fn slice_assume_init(s: &[MaybeUninit<usize>]) -> &[usize] {
+    // SAFETY: MaybeUninit<usize> has usize's layout; the caller guarantees initialization.
+    unsafe { &*(s as *const [MaybeUninit<usize>] as *const [usize]) }
+}
+
+/// Captures with `backtrace::trace_unsynchronized`.
+#[inline(never)]
+fn unwind(buf: &mut [MaybeUninit<usize>]) -> usize {
+    let mut n = 0;
+    // SAFETY: `trace_unsynchronized` is unsafe only because it does not serialize calls into the
+    // platform unwinder; on the Unix targets that support it (libgcc/libunwind) the unwinder is
+    // thread-safe. The closure neither panics nor allocates.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            if let Some(slot) = buf.get_mut(n) {
+                slot.write(frame.ip() as usize);
+                n += 1;
+                n < buf.len()
+            } else {
+                false
+            }
+        });
+    }
+    n
+}
+
+thread_local! {
+    // Upper end of this thread's stack; 0 = not known yet. Const-initialized, no destructor.
+    static STACK_TOP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[inline]
+fn stack_top() -> usize {
+    let top = STACK_TOP.try_with(|t| t.get()).unwrap_or(usize::MAX);
+    match top {
+        0 => find_stack_top(),
+        usize::MAX => 0, // thread-locals gone: walk nothing
+        top => top,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn find_stack_top() -> usize {
+    let top = thread_stack_top().unwrap_or(usize::MAX);
+    let _ = STACK_TOP.try_with(|t| t.set(top));
+    if top == usize::MAX {
+        0
+    } else {
+        top
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn thread_stack_top() -> Option<usize> {
+    // SAFETY: `attr` is initialized by pthread_getattr_np before use and destroyed once; the
+    // out-pointers are valid locals. glibc allocates with its own malloc here, never ours.
+    unsafe {
+        let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
+        if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+            return None;
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let rc = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size);
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        if rc != 0 || addr.is_null() {
+            return None;
+        }
+        (addr as usize).checked_add(size)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_stack_top() -> Option<usize> {
+    None
+}
+
+/// Walks the frame-pointer chain from the caller's frame.
+///
+/// Every frame record is checked to lie within `[sp, stack top)`, to be aligned and to move
+/// towards the stack top; anything else ends the walk. Reading never leaves the current
+/// thread's stack.
+#[inline(never)]
+pub(crate) fn fp_walk(buf: &mut [MaybeUninit<usize>]) -> usize {
+    let (mut fp, sp) = frame_and_stack_pointer();
+    let top = stack_top();
+    let word = std::mem::size_of::<usize>();
+    let mut n = 0;
+    while n < buf.len() {
+        if fp < sp || fp % word != 0 || fp.checked_add(2 * word).is_none_or(|end| end > top) {
+            break;
+        }
+        // SAFETY: [fp, fp + 2 words) lies within this thread's live stack (checked above against
+        // the current stack pointer and the stack's upper end), and is word-aligned.
+        let (next, ret) = unsafe {
+            let record = fp as *const usize;
+            (record.read(), record.add(1).read())
+        };
+        if ret == 0 {
+            break;
+        }
+        if let Some(slot) = buf.get_mut(n) {
+            slot.write(ret);
+        }
+        n += 1;
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    n
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn frame_and_stack_pointer() -> (usize, usize) {
+    let (fp, sp): (usize, usize);
+    // SAFETY: reads two registers; no memory access, no stack use.
+    unsafe {
+        std::arch::asm!("mov {0}, rbp", "mov {1}, rsp", out(reg) fp, out(reg) sp,
+            options(nomem, nostack, preserves_flags));
+    }
+    (fp, sp)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn frame_and_stack_pointer() -> (usize, usize) {
+    let (fp, sp): (usize, usize);
+    // SAFETY: reads two registers; no memory access, no stack use.
+    unsafe {
+        std::arch::asm!("mov {0}, x29", "mov {1}, sp", out(reg) fp, out(reg) sp,
+            options(nomem, nostack, preserves_flags));
+    }
+    (fp, sp)
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[inline(always)]
+fn frame_and_stack_pointer() -> (usize, usize) {
+    // No walker for this architecture: an empty walk, so calibration picks the unwinder.
+    (0, usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agreement_rule() {
+        let unwound = [1, 2, 3, 4, 5, 6, 7, 8];
+        assert!(walk_agrees(&[99, 3, 4, 5, 6, 7, 8], &unwound));
+        assert!(
+            walk_agrees(&[99, 3, 4, 5, 6], &unwound),
+            "a short root is fine"
+        );
+        assert!(
+            !walk_agrees(&[99, 2, 3], &unwound),
+            "too many frames missing"
+        );
+        assert!(
+            !walk_agrees(&[99, 3, 5, 6, 7, 8], &unwound),
+            "a skipped frame"
+        );
+        assert!(!walk_agrees(&[99, 42, 43, 44], &unwound), "garbage");
+        assert!(!walk_agrees(&[], &unwound));
+    }
+
+    #[test]
+    fn walk_never_leaves_the_stack_and_ends() {
+        let mut buf = [MaybeUninit::uninit(); 300];
+        let n = fp_walk(&mut buf);
+        assert!(n <= 300);
+    }
+}

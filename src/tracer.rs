@@ -1,0 +1,232 @@
+//! `Tracer<A>`: the global allocator wrapper and the hot path.
+//!
+//! alloc:   inner alloc → tracing? → guard → capture → intern → insert (+ counters)
+//! dealloc: remove the record (if tracing) → inner dealloc
+//! realloc: remove the old record → inner realloc → record the new block at the realloc site
+//!          (on failure the old record is put back: the old block is still live)
+//!
+//! Records are inserted after the inner allocator returns and removed before the inner free,
+//! so no other thread can be handed an address that still has a record.
+
+use crate::counters;
+use crate::guard::Guard;
+use crate::stack::{capture, intern};
+use crate::table;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+
+/// Default traceback limit (frames kept from the call site outward).
+pub const DEFAULT_FRAMES: usize = 16;
+/// Largest traceback limit.
+pub const MAX_FRAMES: usize = 256;
+/// Raw frames captured beyond the limit, to cover the allocator machinery between the
+/// allocation and its call site (5 frames for `Vec` growth, 8–12 for a `HashMap` rehash or a
+/// `BTreeMap` split, plus the tracer's own), which is trimmed at snapshot time.
+pub(crate) const MACHINERY_FRAMES: usize = 32;
+const MAX_CAPTURE: usize = MAX_FRAMES + MACHINERY_FRAMES;
+
+const UNINIT: u8 = 0;
+const OFF: u8 = 1;
+const ON: u8 = 2;
+
+/// UNINIT until the first allocation goes through a `Tracer` (which proves it is installed).
+static STATUS: AtomicU8 = AtomicU8::new(UNINIT);
+static LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_FRAMES);
+static CAPTURE_CAP: AtomicUsize = AtomicUsize::new(DEFAULT_FRAMES + MACHINERY_FRAMES);
+static REENTRANT: AtomicU64 = AtomicU64::new(0);
+
+/// A global allocator that records every allocation with its call stack.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+/// ```
+///
+/// It wraps `System` by default, or any `GlobalAlloc` with [`Tracer::with_allocator`]. There is
+/// one set of traces per process, whichever `Tracer` value records into it.
+#[derive(Debug)]
+pub struct Tracer<A = System> {
+    inner: A,
+    frames: usize,
+    start_stopped: bool,
+}
+
+impl Tracer<System> {
+    /// Traces allocations served by `System`, from the first allocation, 16 frames deep.
+    pub const fn new() -> Self {
+        Tracer::with_allocator(System)
+    }
+}
+
+impl Default for Tracer<System> {
+    fn default() -> Self {
+        Tracer::new()
+    }
+}
+
+impl<A> Tracer<A> {
+    /// Traces allocations served by `inner`.
+    pub const fn with_allocator(inner: A) -> Self {
+        Tracer {
+            inner,
+            frames: DEFAULT_FRAMES,
+            start_stopped: false,
+        }
+    }
+
+    /// Sets the traceback limit: frames kept from the call site outward, clamped to 1..=256.
+    pub const fn frames(mut self, n: usize) -> Self {
+        self.frames = if n == 0 {
+            1
+        } else if n > MAX_FRAMES {
+            MAX_FRAMES
+        } else {
+            n
+        };
+        self
+    }
+
+    /// Records nothing until [`start`](crate::start) is called.
+    pub const fn start_stopped(mut self) -> Self {
+        self.start_stopped = true;
+        self
+    }
+
+    /// The allocator underneath.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+
+    #[inline]
+    fn trace(&self, ptr: *mut u8, size: usize) {
+        let status = STATUS.load(Relaxed);
+        if status == ON || (status == UNINIT && self.first_use()) {
+            record(ptr as usize, size);
+        }
+    }
+
+    /// Runs once per process: applies this tracer's settings. Returns whether tracing is on.
+    #[cold]
+    #[inline(never)]
+    fn first_use(&self) -> bool {
+        set_limit(self.frames);
+        let wanted = if self.start_stopped { OFF } else { ON };
+        match STATUS.compare_exchange(UNINIT, wanted, Relaxed, Relaxed) {
+            Ok(_) => wanted == ON,
+            Err(now) => now == ON,
+        }
+    }
+}
+
+// SAFETY: every method forwards to the inner allocator with the caller's arguments and returns
+// its result unchanged; the bookkeeping around it never touches the blocks.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `alloc`'s contract for `layout`.
+        let ptr = unsafe { self.inner.alloc(layout) };
+        if !ptr.is_null() {
+            self.trace(ptr, layout.size());
+        }
+        ptr
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `alloc_zeroed`'s contract for `layout`.
+        let ptr = unsafe { self.inner.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            self.trace(ptr, layout.size());
+        }
+        ptr
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if STATUS.load(Relaxed) == ON {
+            table::remove(ptr as usize);
+        }
+        // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let old = if STATUS.load(Relaxed) == ON {
+            table::remove(ptr as usize)
+        } else {
+            None
+        };
+        // SAFETY: the caller upholds `realloc`'s contract for `ptr`, `layout` and `new_size`.
+        let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if new.is_null() {
+            if let Some(old) = old {
+                table::restore(old);
+            }
+        } else {
+            self.trace(new, new_size);
+        }
+        new
+    }
+}
+
+/// Records a new live block. Not generic: compiled once, with tracealloc's own optimization
+/// level, and kept out of the callers' code.
+#[inline(never)]
+fn record(address: usize, size: usize) {
+    let Some(_guard) = Guard::enter() else {
+        // The tracer itself is allocating (table growth is not: it bypasses the global
+        // allocator; this is symbolization, the unwinder fallback, snapshot assembly).
+        REENTRANT.fetch_add(1, Relaxed);
+        return;
+    };
+    let mut buf = [MaybeUninit::<usize>::uninit(); MAX_CAPTURE];
+    let cap = CAPTURE_CAP.load(Relaxed).min(MAX_CAPTURE);
+    let n = capture::capture(&mut buf[..cap]);
+    // SAFETY: `capture` initialized the first `n` slots.
+    let addresses = unsafe { &*(&buf[..n] as *const [MaybeUninit<usize>] as *const [usize]) };
+    let recorded = match intern::intern(addresses) {
+        Some(stack) => table::insert(address, size, stack),
+        None => false,
+    };
+    if !recorded {
+        counters::dropped();
+    }
+}
+
+pub(crate) fn is_installed() -> bool {
+    STATUS.load(Relaxed) != UNINIT
+}
+
+pub(crate) fn is_on() -> bool {
+    STATUS.load(Relaxed) == ON
+}
+
+/// OFF → ON; false when already on (or not installed).
+pub(crate) fn switch_on() -> bool {
+    STATUS.compare_exchange(OFF, ON, Relaxed, Relaxed).is_ok()
+}
+
+/// ON → OFF; false when not on.
+pub(crate) fn switch_off() -> bool {
+    STATUS.compare_exchange(ON, OFF, Relaxed, Relaxed).is_ok()
+}
+
+pub(crate) fn set_limit(frames: usize) {
+    let frames = frames.clamp(1, MAX_FRAMES);
+    LIMIT.store(frames, Relaxed);
+    CAPTURE_CAP.store(frames + MACHINERY_FRAMES, Relaxed);
+}
+
+pub(crate) fn limit() -> usize {
+    LIMIT.load(Relaxed)
+}
+
+pub(crate) fn capture_cap() -> usize {
+    CAPTURE_CAP.load(Relaxed)
+}
+
+pub(crate) fn reentrant_allocations() -> u64 {
+    REENTRANT.load(Relaxed)
+}
