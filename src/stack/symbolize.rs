@@ -156,30 +156,56 @@ pub(crate) fn classify(function: &str, path: Option<&str>) -> Kind {
     {
         return Kind::Internal;
     }
-    if matches!(
-        last_segment,
-        "__libc_start_call_main"
-            | "__libc_start_main"
-            | "__libc_start_main_impl"
-            | "_start"
-            | "start_thread"
-            | "clone"
-            | "clone3"
-    ) || (function == "main" && path.is_none())
-    {
+    if is_c_runtime(function, path) {
         return Kind::Runtime;
     }
     if let Some(path) = path {
         if path.starts_with(OWN_SOURCES) {
             return Kind::Internal;
         }
-        if (path.starts_with("/rustc/") && path.contains("/library/"))
-            || path.starts_with("/rust/deps/")
-        {
+        if is_toolchain_path(path) {
             return Kind::Toolchain;
         }
+    } else if is_toolchain_symbol(function) {
+        // Some precompiled std functions have no line information; their names still tell.
+        return Kind::Toolchain;
     }
     Kind::User
+}
+
+/// glibc and friends: C symbols (no `::`) without a path or with the relative paths of a
+/// distribution's build (`./csu/…`, `../sysdeps/…`), and the compiler-made C `main`.
+fn is_c_runtime(function: &str, path: Option<&str>) -> bool {
+    if function.contains("::") {
+        return false;
+    }
+    match path {
+        None => matches!(
+            function,
+            "main"
+                | "__libc_start_call_main"
+                | "__libc_start_main"
+                | "__libc_start_main_impl"
+                | "_start"
+                | "start_thread"
+                | "clone"
+                | "clone3"
+        ),
+        Some(path) => path.starts_with("./") || path.starts_with("../"),
+    }
+}
+
+fn is_toolchain_path(path: &str) -> bool {
+    (path.starts_with("/rustc/") && path.contains("/library/")) || path.starts_with("/rust/deps/")
+}
+
+/// `alloc::…`, `<alloc::…>::f`, `<i32 as alloc::string::SpecToString>::f`, and core, std.
+fn is_toolchain_symbol(function: &str) -> bool {
+    const CRATES: [&str; 3] = ["alloc::", "core::", "std::"];
+    let first = function.trim_start_matches('<');
+    CRATES.iter().any(|c| first.starts_with(c))
+        || (function.starts_with('<')
+            && CRATES.iter().any(|c| function.contains(&format!(" as {c}"))))
 }
 
 /// Index of the call site in `frames` (innermost first): the first frame, past the allocator
@@ -255,6 +281,22 @@ mod tests {
             Kind::Toolchain
         );
         assert_eq!(classify("app::parse", Some("src/parse.rs")), Kind::User);
+        assert_eq!(
+            classify("<alloc::raw_vec::RawVecInner>::try_allocate_in", None),
+            Kind::Toolchain
+        );
+        assert_eq!(
+            classify("<i32 as alloc::string::SpecToString>::spec_to_string", None),
+            Kind::Toolchain
+        );
+        assert_eq!(classify("app::no_debug_info", None), Kind::User);
+        assert_eq!(classify("main", None), Kind::Runtime);
+        assert_eq!(classify("app::clone", Some("src/lib.rs")), Kind::User);
+        assert_eq!(classify("clone3", None), Kind::Runtime);
+        assert_eq!(
+            classify("dl_iterate_phdr", Some("./elf/dl-iteratephdr.c")),
+            Kind::Runtime
+        );
     }
 
     #[test]
