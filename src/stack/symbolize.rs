@@ -210,11 +210,17 @@ fn is_toolchain_symbol(function: &str) -> bool {
 
 /// Index of the call site in `frames` (innermost first): the first frame, past the allocator
 /// entry, that is neither allocator machinery nor the toolchain's library code.
+///
+/// The capture starts inside tracealloc (frames of the unwinder may come first); the allocator
+/// entry is the end of the first run of tracealloc / `GlobalAlloc` / shim frames. Names are not
+/// enough to find it: inlined frames carry short names, and in optimized builds without frame
+/// pointers the shim may leave no frame at all.
 pub(crate) fn call_site(frames: &[SymFrame]) -> usize {
-    let entry = frames
-        .iter()
-        .position(|f| matches!(f.kind, Kind::TracerEntry | Kind::Shim));
-    let skip_from = entry.unwrap_or(0);
+    let is_machinery = |f: &SymFrame| matches!(f.kind, Kind::Internal | Kind::TracerEntry | Kind::Shim);
+    let skip_from = match frames.iter().position(is_machinery) {
+        Some(first) => first + frames[first..].iter().take_while(|f| is_machinery(f)).count(),
+        None => 0,
+    };
     let beyond = frames[skip_from..]
         .iter()
         .position(|f| f.kind == Kind::User)
