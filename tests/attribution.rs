@@ -49,7 +49,10 @@ fn capture_mode_is_the_expected_one() {
     if let Ok(expected) = std::env::var("TRACEALLOC_EXPECT_CAPTURE") {
         assert_eq!(mode, expected);
     }
-    assert_ne!(tracealloc::capture_mode(), tracealloc::CaptureMode::Undecided);
+    assert_ne!(
+        tracealloc::capture_mode(),
+        tracealloc::CaptureMode::Undecided
+    );
 }
 
 #[test]
@@ -211,10 +214,7 @@ fn nothing_lands_on_the_global_allocator_line_or_in_std() {
         // own start-up allocations, test-harness threads); never for this file's blocks.
         if site.filename.contains("/library/") {
             assert!(
-                stat.traceback
-                    .frames()
-                    .iter()
-                    .all(|f| &*f.filename != FILE),
+                stat.traceback.frames().iter().all(|f| &*f.filename != FILE),
                 "{stat} has a frame in this file but its call site is in std"
             );
         }
@@ -232,6 +232,9 @@ fn object_traceback_points_at_the_line() {
         .frames()
         .iter()
         .any(|f| f.function.contains("object_traceback_points_at_the_line")));
-    assert!(!traceback.machinery().is_empty(), "the allocator frames are kept");
+    assert!(
+        !traceback.machinery().is_empty(),
+        "the allocator frames are kept"
+    );
     assert!(tracealloc::object_traceback(0x10 as *const u8).is_none());
 }

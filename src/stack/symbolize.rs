@@ -205,7 +205,9 @@ fn is_toolchain_symbol(function: &str) -> bool {
     let first = function.trim_start_matches('<');
     CRATES.iter().any(|c| first.starts_with(c))
         || (function.starts_with('<')
-            && CRATES.iter().any(|c| function.contains(&format!(" as {c}"))))
+            && CRATES
+                .iter()
+                .any(|c| function.contains(&format!(" as {c}"))))
 }
 
 /// Index of the call site in `frames` (innermost first): the first frame, past the allocator
@@ -216,9 +218,16 @@ fn is_toolchain_symbol(function: &str) -> bool {
 /// enough to find it: inlined frames carry short names, and in optimized builds without frame
 /// pointers the shim may leave no frame at all.
 pub(crate) fn call_site(frames: &[SymFrame]) -> usize {
-    let is_machinery = |f: &SymFrame| matches!(f.kind, Kind::Internal | Kind::TracerEntry | Kind::Shim);
+    let is_machinery =
+        |f: &SymFrame| matches!(f.kind, Kind::Internal | Kind::TracerEntry | Kind::Shim);
     let skip_from = match frames.iter().position(is_machinery) {
-        Some(first) => first + frames[first..].iter().take_while(|f| is_machinery(f)).count(),
+        Some(first) => {
+            first
+                + frames[first..]
+                    .iter()
+                    .take_while(|f| is_machinery(f))
+                    .count()
+        }
         None => 0,
     };
     let beyond = frames[skip_from..]

@@ -1,0 +1,25 @@
+//! Without `#[global_allocator]`, every entry point says so instead of returning empty results.
+
+use tracealloc::Error;
+
+#[test]
+fn calls_without_the_tracer_installed_return_not_installed() {
+    let err = tracealloc::take_snapshot().unwrap_err();
+    assert!(matches!(err, Error::NotInstalled), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(
+            "#[global_allocator] static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();"
+        ),
+        "the message names the one-line fix: {message}"
+    );
+    assert!(matches!(tracealloc::start(16), Err(Error::NotInstalled)));
+    assert!(!tracealloc::is_tracing());
+    assert_eq!(
+        tracealloc::capture_mode(),
+        tracealloc::CaptureMode::Undecided
+    );
+    let v = vec![1u8; 100];
+    assert!(tracealloc::object_traceback(v.as_ptr()).is_none());
+    assert_eq!(tracealloc::traced_memory().current, 0);
+}
