@@ -38,7 +38,8 @@ pub fn start(nframe: usize) -> Result<(), Error> {
     if !tracer::is_on() {
         // Drop anything a racing allocation left behind when tracing stopped.
         table::clear();
-        counters::reset_totals();
+        table::reset_totals();
+        counters::reset_dropped();
         counters::reset_peak();
         tracer::switch_on();
     }
@@ -66,7 +67,8 @@ pub fn clear_traces() {
 
 /// Current and peak traced memory, and totals since start.
 pub fn traced_memory() -> TracedMemory {
-    let (allocated_bytes, allocated_blocks, dropped_blocks) = counters::totals();
+    let (allocated_bytes, allocated_blocks) = table::totals();
+    let dropped_blocks = counters::dropped_blocks();
     TracedMemory {
         current: counters::current(),
         peak: counters::peak(),

@@ -1,4 +1,5 @@
-//! Process-wide counters: current and peak traced bytes, totals since start.
+//! Process-wide counters: current and peak traced bytes, blocks dropped. (Totals of bytes and
+//! blocks allocated are kept per shard in `table.rs`, under the shard lock, at no atomic cost.)
 //!
 //! `current` is changed only while the shard lock of the block concerned is held (see
 //! `table.rs`), so a block's addition always precedes its subtraction and `current` never
@@ -10,8 +11,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
-static TOTAL_BYTES: AtomicU64 = AtomicU64::new(0);
-static TOTAL_BLOCKS: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 #[inline]
@@ -20,8 +19,6 @@ pub(crate) fn added(size: usize) {
     if now > PEAK.load(Relaxed) {
         PEAK.fetch_max(now, Relaxed);
     }
-    TOTAL_BYTES.fetch_add(size as u64, Relaxed);
-    TOTAL_BLOCKS.fetch_add(1, Relaxed);
 }
 
 /// A record put back after a failed `realloc`: live again, but not a new allocation.
@@ -49,21 +46,15 @@ pub(crate) fn peak() -> usize {
     PEAK.load(Relaxed)
 }
 
-pub(crate) fn totals() -> (u64, u64, u64) {
-    (
-        TOTAL_BYTES.load(Relaxed),
-        TOTAL_BLOCKS.load(Relaxed),
-        DROPPED.load(Relaxed),
-    )
+pub(crate) fn dropped_blocks() -> u64 {
+    DROPPED.load(Relaxed)
 }
 
 pub(crate) fn reset_peak() {
     PEAK.store(CURRENT.load(Relaxed), Relaxed);
 }
 
-/// Zeroes the totals (at `start`); current and peak follow the table, see `table::clear`.
-pub(crate) fn reset_totals() {
-    TOTAL_BYTES.store(0, Relaxed);
-    TOTAL_BLOCKS.store(0, Relaxed);
+/// Zeroes the dropped count (at `start`); totals live in the table's shards.
+pub(crate) fn reset_dropped() {
     DROPPED.store(0, Relaxed);
 }

@@ -57,6 +57,7 @@ mod counters;
 mod error;
 mod format;
 mod guard;
+mod lock;
 mod meta;
 mod snapshot;
 mod stack;

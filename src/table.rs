@@ -1,24 +1,27 @@
 //! The trace table: live block address → (requested size, stack id).
 //!
-//! 64 shards (a power of two), each a `std::sync::Mutex` around a Swiss table, each on its own
-//! cache lines. The shard is picked by the top bits of a multiplicative (Fibonacci) hash of the
+//! 64 shards (a power of two), each a spin-then-yield lock (`lock.rs`) around a Swiss table and
+//! the shard's allocation totals, each on its own cache lines. The shard is picked by the top bits of a multiplicative (Fibonacci) hash of the
 //! address; within a shard the table hashes the middle bits, so shard choice and bucket choice
-//! use independent bits. The trade-off: one uncontended futex lock per event (~5 ns) buys
-//! exact enumeration of live blocks for snapshots; 64 shards keep two threads from meeting.
+//! use independent bits. The trade-off: one uncontended lock per event (one compare-exchange)
+//! buys exact enumeration of live blocks for snapshots; 64 shards keep two threads from
+//! meeting. Totals live in the shards, under the lock, so they cost no extra atomic operation.
 //!
 //! # Lock order
 //! Every lock in this crate is a leaf: a thread holds at most one of them, and never allocates
 //! through the global allocator while holding it (tables grow through `MetaAlloc`, i.e. `System`).
-//! The locks are: the 64 shard locks here, the 16 interner shard locks (`stack/intern.rs`), and
+//! The locks are: the 64 shard locks here (spin locks), the 16 interner shard locks
+//! (`std::sync::Mutex`, futex-based, taken only when a stack misses the per-thread cache) in
+//! `stack/intern.rs`, and
 //! the symbol cache (`stack/symbolize.rs`, cold path only, taken with the reentrancy guard held
 //! and never together with the others). No lock is `parking_lot`: its slow path allocates while
 //! holding its own bucket locks, which deadlocked dhat-rs.
 
 use crate::counters;
+use crate::lock::{SpinGuard, SpinLock};
 use crate::meta::{MetaAlloc, Padded};
 use crate::stack::StackId;
 use hashbrown::HashTable;
-use std::sync::{Mutex, MutexGuard};
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
@@ -31,10 +34,26 @@ pub(crate) struct Entry {
     pub(crate) stack: StackId,
 }
 
-type Shard = HashTable<Entry, MetaAlloc>;
+#[derive(Debug)]
+struct Shard {
+    live: HashTable<Entry, MetaAlloc>,
+    /// Bytes and blocks recorded in this shard since the totals were last reset.
+    allocated_bytes: u64,
+    allocated_blocks: u64,
+}
 
-static SHARDS_TABLE: [Padded<Mutex<Shard>>; SHARDS] =
-    [const { Padded(Mutex::new(HashTable::new_in(MetaAlloc))) }; SHARDS];
+impl Shard {
+    const fn new() -> Self {
+        Shard {
+            live: HashTable::new_in(MetaAlloc),
+            allocated_bytes: 0,
+            allocated_blocks: 0,
+        }
+    }
+}
+
+static SHARDS_TABLE: [Padded<SpinLock<Shard>>; SHARDS] =
+    [const { Padded(SpinLock::new(Shard::new())) }; SHARDS];
 
 #[inline]
 fn spread(address: usize) -> u64 {
@@ -42,7 +61,7 @@ fn spread(address: usize) -> u64 {
 }
 
 #[inline]
-fn locate(address: usize) -> (MutexGuard<'static, Shard>, u64) {
+fn locate(address: usize) -> (SpinGuard<'static, Shard>, u64) {
     let h = spread(address);
     (
         lock(&SHARDS_TABLE[(h >> (64 - SHARD_BITS)) as usize]),
@@ -65,7 +84,10 @@ fn rehash(e: &Entry) -> u64 {
 #[inline]
 pub(crate) fn insert(address: usize, size: usize, stack: StackId) -> bool {
     let (mut shard, h) = locate(address);
-    if let Some(stale) = shard.find_mut(h, |e| e.address == address) {
+    let shard = &mut *shard;
+    shard.allocated_bytes += size as u64;
+    shard.allocated_blocks += 1;
+    if let Some(stale) = shard.live.find_mut(h, |e| e.address == address) {
         // A record survived a free we did not see (a race with `stop`); the address is live
         // again, so the old block is gone.
         counters::removed(stale.size);
@@ -77,10 +99,10 @@ pub(crate) fn insert(address: usize, size: usize, stack: StackId) -> bool {
         counters::added(size);
         return true;
     }
-    if shard.try_reserve(1, rehash).is_err() {
+    if shard.live.try_reserve(1, rehash).is_err() {
         return false;
     }
-    shard.insert_unique(
+    shard.live.insert_unique(
         h,
         Entry {
             address,
@@ -97,8 +119,8 @@ pub(crate) fn insert(address: usize, size: usize, stack: StackId) -> bool {
 /// are not counted again.
 pub(crate) fn restore(entry: Entry) {
     let (mut shard, h) = locate(entry.address);
-    if shard.try_reserve(1, rehash).is_ok() {
-        shard.insert_unique(h, entry, rehash);
+    if shard.live.try_reserve(1, rehash).is_ok() {
+        shard.live.insert_unique(h, entry, rehash);
         counters::restored(entry.size);
     }
 }
@@ -107,7 +129,11 @@ pub(crate) fn restore(entry: Entry) {
 #[inline]
 pub(crate) fn remove(address: usize) -> Option<Entry> {
     let (mut shard, h) = locate(address);
-    let (entry, _) = shard.find_entry(h, |e| e.address == address).ok()?.remove();
+    let (entry, _) = shard
+        .live
+        .find_entry(h, |e| e.address == address)
+        .ok()?
+        .remove();
     counters::removed(entry.size);
     Some(entry)
 }
@@ -115,7 +141,7 @@ pub(crate) fn remove(address: usize) -> Option<Entry> {
 /// The record of a live block.
 pub(crate) fn get(address: usize) -> Option<Entry> {
     let (shard, h) = locate(address);
-    shard.find(h, |e| e.address == address).copied()
+    shard.live.find(h, |e| e.address == address).copied()
 }
 
 /// Appends every live record to `out`, one shard at a time (no lock is held longer than one
@@ -124,31 +150,47 @@ pub(crate) fn get(address: usize) -> Option<Entry> {
 pub(crate) fn copy_into(out: &mut Vec<Entry>) {
     for shard in &SHARDS_TABLE {
         loop {
-            let len = lock(shard).len();
+            let len = lock(shard).live.len();
             // Room for what the shard holds now, and some growth before we lock it again.
             out.reserve(len + len / 8 + 16);
             let shard = lock(shard);
-            if shard.len() <= out.capacity() - out.len() {
-                out.extend(shard.iter().copied());
+            if shard.live.len() <= out.capacity() - out.len() {
+                out.extend(shard.live.iter().copied());
                 break;
             }
         }
     }
 }
 
-fn lock(shard: &Padded<Mutex<Shard>>) -> MutexGuard<'_, Shard> {
-    shard
-        .0
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock(shard: &Padded<SpinLock<Shard>>) -> SpinGuard<'_, Shard> {
+    shard.0.lock()
 }
 
 /// Empties the table, releasing its memory, and subtracts what it held from `current`.
 pub(crate) fn clear() {
     for shard in &SHARDS_TABLE {
         let mut shard = lock(shard);
-        let held: usize = shard.iter().map(|e| e.size).sum();
-        *shard = HashTable::new_in(MetaAlloc);
+        let held: usize = shard.live.iter().map(|e| e.size).sum();
+        shard.live = HashTable::new_in(MetaAlloc);
         counters::removed(held);
+    }
+}
+
+/// Bytes and blocks allocated since the last `reset_totals`, summed over the shards.
+pub(crate) fn totals() -> (u64, u64) {
+    SHARDS_TABLE.iter().fold((0, 0), |(bytes, blocks), shard| {
+        let shard = lock(shard);
+        (
+            bytes + shard.allocated_bytes,
+            blocks + shard.allocated_blocks,
+        )
+    })
+}
+
+pub(crate) fn reset_totals() {
+    for shard in &SHARDS_TABLE {
+        let mut shard = lock(shard);
+        shard.allocated_bytes = 0;
+        shard.allocated_blocks = 0;
     }
 }

@@ -19,7 +19,7 @@ fn calls_without_the_tracer_installed_return_not_installed() {
         tracealloc::capture_mode(),
         tracealloc::CaptureMode::Undecided
     );
-    let v = vec![1u8; 100];
+    let v = Box::new([1u8; 100]);
     assert!(tracealloc::object_traceback(v.as_ptr()).is_none());
     assert_eq!(tracealloc::traced_memory().current, 0);
 }

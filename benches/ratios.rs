@@ -1,0 +1,223 @@
+//! Interleaved ratios, the figures quoted in benches/README.md.
+//!
+//! On a shared, noisy machine, two benchmarks run minutes apart are not comparable. This
+//! harness runs every configuration once per round, in the same process, round after round,
+//! takes each configuration's ratio to its baseline *within* the round, and prints the median
+//! over rounds (with the min and max of the per-round ratios).
+//!
+//!     cargo bench --bench ratios            # ROUNDS=15 by default
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+
+#[inline(never)]
+fn pair<A: GlobalAlloc>(allocator: &A, layout: Layout) {
+    // SAFETY: a nonzero layout, freed right away with the same layout.
+    unsafe {
+        let p = allocator.alloc(black_box(layout));
+        black_box(p);
+        allocator.dealloc(p, layout);
+    }
+}
+
+#[inline(never)]
+fn mixed_workload() -> usize {
+    let mut map: HashMap<String, Vec<u32>> = HashMap::new();
+    for i in 0..1000u32 {
+        let values = map.entry(format!("key-{}", i % 1000)).or_default();
+        for j in 0..(i % 16) {
+            values.push(j);
+        }
+    }
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    black_box(keys.len())
+}
+
+/// Best ns per call of `f` over a few short batches (~2 ms each).
+fn ns_per_op(mut f: impl FnMut(), iters: u64) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        best = best.min(t.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    best
+}
+
+fn calibrate(mut f: impl FnMut()) -> u64 {
+    let mut iters = 1u64;
+    loop {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        if t.elapsed() > Duration::from_millis(2) {
+            return iters;
+        }
+        iters *= 2;
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+struct Row {
+    name: String,
+    baseline_ns: Vec<f64>,
+    ns: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+impl Row {
+    fn new(name: &str) -> Self {
+        Row {
+            name: name.into(),
+            baseline_ns: vec![],
+            ns: vec![],
+            ratios: vec![],
+        }
+    }
+    fn push(&mut self, baseline: f64, value: f64) {
+        self.baseline_ns.push(baseline);
+        self.ns.push(value);
+        self.ratios.push(value / baseline);
+    }
+    fn print(&mut self, unit: &str, scale: f64) {
+        let (lo, hi) = (
+            self.ratios.iter().cloned().fold(f64::INFINITY, f64::min),
+            self.ratios.iter().cloned().fold(0.0, f64::max),
+        );
+        println!(
+            "| {} | {:.1} | {:.1} | **{:.2}x** | {:.2}–{:.2} |",
+            self.name,
+            median(&mut self.baseline_ns) / scale,
+            median(&mut self.ns) / scale,
+            median(&mut self.ratios),
+            lo,
+            hi
+        );
+        let _ = unit;
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(15);
+    let sizes = [16usize, 64, 4096];
+    let mut traced_rows: Vec<Row> = sizes
+        .iter()
+        .map(|s| Row::new(&format!("pair/{s}B traced / system")))
+        .collect();
+    let mut stopped_rows: Vec<Row> = sizes
+        .iter()
+        .map(|s| Row::new(&format!("pair/{s}B stopped / system")))
+        .collect();
+    let mut mixed_row = Row::new("mixed traced / stopped");
+    let layouts: Vec<Layout> = sizes
+        .iter()
+        .map(|&s| Layout::from_size_align(s, 8).unwrap())
+        .collect();
+    let iters: Vec<u64> = layouts
+        .iter()
+        .map(|&l| calibrate(|| pair(&System, l)))
+        .collect();
+    let mixed_iters = calibrate(|| {
+        mixed_workload();
+    })
+    .max(2);
+
+    for _ in 0..rounds {
+        for (i, &layout) in layouts.iter().enumerate() {
+            tracealloc::start(16).unwrap();
+            let traced = ns_per_op(|| pair(&GLOBAL, layout), iters[i]);
+            tracealloc::stop();
+            let stopped = ns_per_op(|| pair(&GLOBAL, layout), iters[i]);
+            let system = ns_per_op(|| pair(&System, layout), iters[i]);
+            traced_rows[i].push(system, traced);
+            stopped_rows[i].push(system, stopped);
+        }
+        tracealloc::stop();
+        let stopped = ns_per_op(
+            || {
+                mixed_workload();
+            },
+            mixed_iters,
+        );
+        tracealloc::start(16).unwrap();
+        let traced = ns_per_op(
+            || {
+                mixed_workload();
+            },
+            mixed_iters,
+        );
+        mixed_row.push(stopped, traced);
+    }
+
+    println!(
+        "{rounds} interleaved rounds; capture mode: {}",
+        tracealloc::capture_mode()
+    );
+    println!();
+    println!("| benchmark | baseline (ns) | measured (ns) | median ratio | per-round range |");
+    println!("|---|---|---|---|---|");
+    for row in traced_rows.iter_mut().chain(stopped_rows.iter_mut()) {
+        row.print("ns", 1.0);
+    }
+    println!("(mixed: µs per workload)");
+    mixed_row.print("µs", 1000.0);
+
+    snapshot_of_a_million_blocks();
+}
+
+#[inline(never)]
+#[allow(
+    clippy::vec_box,
+    reason = "one million separate heap blocks is the point"
+)]
+fn hold(n: usize) -> Vec<Box<[u8; 24]>> {
+    (0..n).map(|i| Box::new([i as u8; 24])).collect()
+}
+
+fn snapshot_of_a_million_blocks() {
+    tracealloc::start(16).unwrap();
+    tracealloc::clear_traces();
+    let held = hold(1_000_000);
+    let t = Instant::now();
+    let first = tracealloc::take_snapshot().unwrap();
+    let cold = t.elapsed();
+    drop(first);
+    let t = Instant::now();
+    let warm = tracealloc::take_snapshot().unwrap();
+    let warm_time = t.elapsed();
+    let t = Instant::now();
+    let stats = warm.statistics(tracealloc::GroupBy::Line);
+    let stats_time = t.elapsed();
+    println!();
+    println!(
+        "snapshot of {} live blocks: first {:.0} ms (cold symbolization), warm {:.0} ms; \
+         statistics(Line) {:.0} ms; tracer tables {:.1} MiB ({:.0} B per live block)",
+        warm.traces().len(),
+        cold.as_secs_f64() * 1e3,
+        warm_time.as_secs_f64() * 1e3,
+        stats_time.as_secs_f64() * 1e3,
+        tracealloc::tracer_memory() as f64 / (1 << 20) as f64,
+        tracealloc::tracer_memory() as f64 / warm.traces().len() as f64,
+    );
+    println!("top: {}", stats[0]);
+    drop(held);
+}
