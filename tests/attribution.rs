@@ -5,6 +5,11 @@
 //! (`RUSTFLAGS=""`, which exercises the unwinder fallback). `TRACEALLOC_EXPECT_CAPTURE`, when
 //! set, is the capture mode the build must have picked.
 
+#![allow(
+    clippy::unnecessary_operation,
+    reason = "`(call(), line = line!())` keeps a call and its line number on one line through rustfmt"
+)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 
