@@ -162,6 +162,7 @@ pub(crate) fn copy_into(out: &mut Vec<Entry>) {
     }
 }
 
+#[inline(always)]
 fn lock(shard: &Padded<SpinLock<Shard>>) -> SpinGuard<'_, Shard> {
     shard.0.lock()
 }
