@@ -98,12 +98,29 @@ impl<A> Tracer<A> {
         &self.inner
     }
 
-    #[inline]
-    fn trace(&self, ptr: *mut u8, size: usize) {
+    /// The out-of-line part of `alloc`: reached only while tracing (or before the first
+    /// allocation), and called in tail position so the untraced path saves no registers.
+    #[inline(never)]
+    fn traced(&self, ptr: *mut u8, size: usize) -> *mut u8 {
         let status = STATUS.load(Relaxed);
         if status == ON || (status == UNINIT && self.first_use()) {
             record(ptr as usize, size);
         }
+        ptr
+    }
+
+    /// The out-of-line part of `dealloc`, reached only while tracing.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::dealloc`.
+    #[inline(never)]
+    unsafe fn dealloc_traced(&self, ptr: *mut u8, layout: Layout)
+    where
+        A: GlobalAlloc,
+    {
+        table::remove(ptr as usize);
+        // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`.
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     /// Runs once per process: applies this tracer's settings. Returns whether tracing is on.
@@ -126,8 +143,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller upholds `alloc`'s contract for `layout`.
         let ptr = unsafe { self.inner.alloc(layout) };
-        if !ptr.is_null() {
-            self.trace(ptr, layout.size());
+        if STATUS.load(Relaxed) != OFF && !ptr.is_null() {
+            return self.traced(ptr, layout.size());
         }
         ptr
     }
@@ -136,8 +153,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller upholds `alloc_zeroed`'s contract for `layout`.
         let ptr = unsafe { self.inner.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            self.trace(ptr, layout.size());
+        if STATUS.load(Relaxed) != OFF && !ptr.is_null() {
+            return self.traced(ptr, layout.size());
         }
         ptr
     }
@@ -145,7 +162,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if STATUS.load(Relaxed) == ON {
-            table::remove(ptr as usize);
+            // SAFETY: forwarded contract.
+            return unsafe { self.dealloc_traced(ptr, layout) };
         }
         // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`.
         unsafe { self.inner.dealloc(ptr, layout) }
@@ -164,8 +182,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
             if let Some(old) = old {
                 table::restore(old);
             }
-        } else {
-            self.trace(new, new_size);
+            return new;
+        }
+        if STATUS.load(Relaxed) != OFF {
+            return self.traced(new, new_size);
         }
         new
     }
