@@ -16,6 +16,12 @@ fn peak() -> usize {
     tracealloc::traced_memory().peak
 }
 
+/// Function names carry their module path with full debug info, and only the bare name with
+/// `debug = "line-tables-only"`.
+fn is_fn(name: &str, wanted: &str) -> bool {
+    name == wanted || name.ends_with(&format!("::{wanted}"))
+}
+
 #[inline(never)]
 fn allocate(n: usize) -> Vec<u8> {
     black_box(vec![1u8; n])
@@ -69,19 +75,14 @@ fn module_functions_behave_as_tracemalloc() {
     let by_function = snapshot.statistics(GroupBy::Function);
     let alloc_fn = by_function
         .iter()
-        .find(|s| {
-            s.traceback
-                .call_site()
-                .function
-                .ends_with("control::allocate")
-        })
+        .find(|s| is_fn(&s.traceback.call_site().function, "allocate"))
         .expect("a statistic for fn allocate");
     assert_eq!(alloc_fn.size, 1 << 19, "{alloc_fn}");
     assert_eq!(alloc_fn.count, 1);
     assert!(
         alloc_fn
             .to_string()
-            .starts_with("control::allocate (tests/control.rs): size=512 KiB, count=1"),
+            .ends_with("allocate (tests/control.rs): size=512 KiB, count=1, average=512 KiB"),
         "{alloc_fn}"
     );
     let by_file = snapshot.statistics(GroupBy::File);
@@ -110,13 +111,7 @@ fn module_functions_behave_as_tracemalloc() {
     let by_traceback = snapshot.statistics(GroupBy::Traceback);
     let stat = by_traceback
         .iter()
-        .find(|s| {
-            s.traceback
-                .call_site()
-                .function
-                .ends_with("control::allocate")
-                && s.size == 4096
-        })
+        .find(|s| is_fn(&s.traceback.call_site().function, "allocate") && s.size == 4096)
         .unwrap();
     let functions: Vec<&str> = stat
         .traceback
@@ -124,11 +119,13 @@ fn module_functions_behave_as_tracemalloc() {
         .iter()
         .map(|f| &*f.function)
         .collect();
-    assert_eq!(functions[0], "control::allocate");
-    assert!(
-        functions[1..10].iter().all(|f| *f == "control::nest"),
-        "{functions:?}"
-    );
+    assert!(is_fn(functions[0], "allocate"), "{functions:?}");
+    // nest(8) makes 9 calls; an optimizer may fold one level of the recursion.
+    let nests = functions[1..]
+        .iter()
+        .take_while(|f| is_fn(f, "nest"))
+        .count();
+    assert!((8..=9).contains(&nests), "{functions:?}");
     assert_eq!(stat.traceback.frames().len(), 16);
     assert!(stat.traceback.total_nframe() > 16);
 
@@ -142,7 +139,7 @@ fn module_functions_behave_as_tracemalloc() {
         .iter()
         .find(|t| t.size == 4096 && t.traceback.frames().len() == 4)
         .expect("a 4-frame traceback");
-    assert_eq!(&*tb.traceback.frames()[3].function, "control::nest");
+    assert!(is_fn(&tb.traceback.frames()[3].function, "nest"));
     assert_eq!(snapshot.traceback_limit(), 4);
     drop((deep, deep4));
     assert!(matches!(
@@ -186,14 +183,8 @@ fn module_functions_behave_as_tracemalloc() {
     );
     let traced = allocate(30_000);
     assert_eq!(current(), 30_000);
-    assert_eq!(
-        tracealloc::object_traceback(traced.as_ptr())
-            .unwrap()
-            .call_site()
-            .function
-            .as_ref(),
-        "control::allocate"
-    );
+    let site = tracealloc::object_traceback(traced.as_ptr()).unwrap();
+    assert!(is_fn(&site.call_site().function, "allocate"), "{site}");
     drop(traced);
 
     // The tracer's own tables are counted and never traced.
