@@ -187,3 +187,70 @@ impl fmt::Display for Report {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(size: usize, count: usize) -> Statistic {
+        Statistic {
+            traceback: Traceback::from_frames(vec![Frame::new(
+                "src/main.rs".into(),
+                12,
+                String::new(),
+            )]),
+            size,
+            count,
+            group_by: GroupBy::Line,
+        }
+    }
+
+    /// `str(tracemalloc.Statistic(Traceback((("src/main.rs", 12),)), size, count))`, printed
+    /// by CPython 3.11.7 on this machine.
+    #[test]
+    fn statistic_display_matches_python() {
+        let python: &[(usize, usize, &str)] = &[
+            (0, 0, "src/main.rs:12: size=0 B, count=0"),
+            (1023, 1, "src/main.rs:12: size=1023 B, count=1, average=1023 B"),
+            (10239, 3, "src/main.rs:12: size=10239 B, count=3, average=3413 B"),
+            (10240, 1, "src/main.rs:12: size=10.0 KiB, count=1, average=10.0 KiB"),
+            (102399, 7, "src/main.rs:12: size=100.0 KiB, count=7, average=14.3 KiB"),
+            (102400, 100, "src/main.rs:12: size=100 KiB, count=100, average=1024 B"),
+            (1048576, 2, "src/main.rs:12: size=1024 KiB, count=2, average=512 KiB"),
+            (10485760, 1, "src/main.rs:12: size=10.0 MiB, count=1, average=10.0 MiB"),
+            (5368709120, 2, "src/main.rs:12: size=5120 MiB, count=2, average=2560 MiB"),
+            (127, 2, "src/main.rs:12: size=127 B, count=2, average=64 B"),
+            (125, 2, "src/main.rs:12: size=125 B, count=2, average=62 B"),
+            (2765094917, 2, "src/main.rs:12: size=2637 MiB, count=2, average=1319 MiB"),
+        ];
+        for &(size, count, expected) in python {
+            assert_eq!(stat(size, count).to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn grouped_keys_print_as_tracemalloc() {
+        let mut by_file = stat(2048, 2);
+        by_file.traceback = GroupBy::File.key(&by_file.traceback);
+        by_file.group_by = GroupBy::File;
+        assert_eq!(
+            by_file.to_string(),
+            "src/main.rs:0: size=2048 B, count=2, average=1024 B"
+        );
+        let site = Traceback::from_frames(vec![Frame::new(
+            "src/parse.rs".into(),
+            41,
+            "app::parse_table".into(),
+        )]);
+        let by_function = Statistic {
+            traceback: GroupBy::Function.key(&site),
+            size: 64,
+            count: 1,
+            group_by: GroupBy::Function,
+        };
+        assert_eq!(
+            by_function.to_string(),
+            "app::parse_table (src/parse.rs): size=64 B, count=1, average=64 B"
+        );
+    }
+}
