@@ -15,6 +15,27 @@ pub enum Error {
         /// The limit asked for.
         requested: usize,
     },
+    /// A file pattern that is not a valid glob.
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing a snapshot file failed.
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A snapshot file is damaged, truncated, or not a snapshot file.
+    Corrupt {
+        /// Byte offset in the file where the problem was found.
+        offset: u64,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -34,8 +55,22 @@ impl fmt::Display for Error {
                 "the number of frames must be in 1..={}, got {requested}",
                 crate::tracer::MAX_FRAMES
             ),
+            Error::InvalidPattern { pattern, reason } => {
+                write!(f, "invalid file pattern {pattern:?}: {reason}")
+            }
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Corrupt { offset, problem } => {
+                write!(f, "not a valid snapshot file: {problem} (at byte {offset})")
+            }
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -70,6 +70,8 @@ pub use control::{
 };
 pub use error::Error;
 pub use format::format_size;
-pub use snapshot::{Frame, GroupBy, Report, Snapshot, Statistic, Trace, Traceback};
+pub use snapshot::{
+    Filter, Frame, GroupBy, Report, Snapshot, Statistic, StatisticDiff, Trace, Traceback,
+};
 pub use stack::CaptureMode;
 pub use tracer::{Tracer, DEFAULT_FRAMES, MAX_FRAMES};

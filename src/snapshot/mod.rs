@@ -1,8 +1,13 @@
 //! Snapshots: an owned, immutable copy of the live traces, symbolized.
 
+mod diff;
+mod filter;
+mod persist;
 mod statistics;
 mod traceback;
 
+pub use diff::StatisticDiff;
+pub use filter::Filter;
 pub use statistics::{GroupBy, Report, Statistic};
 pub use traceback::{Frame, Traceback};
 
@@ -36,7 +41,7 @@ impl std::fmt::Display for Trace {
 }
 
 /// The traces live at one moment, with their stacks symbolized.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     traces: Vec<Trace>,
     traceback_limit: usize,
@@ -63,6 +68,38 @@ impl Snapshot {
     /// Total bytes of the traces.
     pub fn total_size(&self) -> usize {
         self.traces.iter().map(|t| t.size).sum()
+    }
+
+    /// A snapshot of the given traces (for building snapshots by hand in tests).
+    #[cfg(test)]
+    pub(crate) fn from_traces(
+        traces: Vec<Trace>,
+        traceback_limit: usize,
+        capture_mode: CaptureMode,
+    ) -> Snapshot {
+        Snapshot {
+            traces,
+            traceback_limit,
+            capture_mode,
+            call_sites_without_lines: 0,
+        }
+    }
+
+    /// A snapshot with the same settings and other traces.
+    pub(crate) fn with_traces(&self, traces: Vec<Trace>) -> Snapshot {
+        Snapshot {
+            traces,
+            ..self.clone_settings()
+        }
+    }
+
+    fn clone_settings(&self) -> Snapshot {
+        Snapshot {
+            traces: Vec::new(),
+            traceback_limit: self.traceback_limit,
+            capture_mode: self.capture_mode,
+            call_sites_without_lines: self.call_sites_without_lines,
+        }
     }
 
     /// Things the reader of a report must know: the slow capture fallback, missing line

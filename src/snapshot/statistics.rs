@@ -69,26 +69,51 @@ pub(crate) fn write_key(
 }
 
 impl GroupBy {
-    /// The key frame(s) of a traceback under this grouping.
+    /// The key of a traceback under this grouping.
     pub(crate) fn key(self, traceback: &Traceback) -> Traceback {
-        let site = traceback.call_site();
         match self {
-            GroupBy::Line => Traceback::from_frames(vec![Frame {
-                function: "".into(),
-                ..site.clone()
-            }]),
-            GroupBy::File => Traceback::from_frames(vec![Frame {
-                lineno: 0,
-                function: "".into(),
-                ..site.clone()
-            }]),
-            GroupBy::Function => Traceback::from_frames(vec![Frame {
-                lineno: 0,
-                ..site.clone()
-            }]),
             GroupBy::Traceback => traceback.clone(),
+            _ => self.key_of_frame(traceback.call_site()),
         }
     }
+
+    /// The one-frame key of `frame` (for `Line`, `File` and `Function`).
+    pub(crate) fn key_of_frame(self, frame: &Frame) -> Traceback {
+        let key = match self {
+            GroupBy::Line | GroupBy::Traceback => Frame {
+                function: "".into(),
+                ..frame.clone()
+            },
+            GroupBy::File => Frame {
+                lineno: 0,
+                function: "".into(),
+                ..frame.clone()
+            },
+            GroupBy::Function => Frame {
+                lineno: 0,
+                ..frame.clone()
+            },
+        };
+        Traceback::from_frames(vec![key])
+    }
+}
+
+fn sorted(groups: HashMap<Traceback, (usize, usize)>, group_by: GroupBy) -> Vec<Statistic> {
+    let mut stats: Vec<Statistic> = groups
+        .into_iter()
+        .map(|(traceback, (size, count))| Statistic {
+            traceback,
+            size,
+            count,
+            group_by,
+        })
+        .collect();
+    stats.sort_by(|a, b| {
+        (b.size, b.count)
+            .cmp(&(a.size, a.count))
+            .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+    });
+    stats
 }
 
 impl Snapshot {
@@ -109,21 +134,43 @@ impl Snapshot {
             slot.0 += size;
             slot.1 += count;
         }
-        let mut stats: Vec<Statistic> = groups
-            .into_iter()
-            .map(|(traceback, (size, count))| Statistic {
-                traceback,
-                size,
-                count,
-                group_by,
-            })
-            .collect();
-        stats.sort_by(|a, b| {
-            (b.size, b.count)
-                .cmp(&(a.size, a.count))
-                .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
-        });
-        stats
+        sorted(groups, group_by)
+    }
+
+    /// Cumulative statistics: each trace counts toward every distinct key among the frames of
+    /// its traceback (call site outward, up to the traceback limit), so a function's figure
+    /// includes what its callees allocated. A frame that appears several times in one stack
+    /// (recursion) counts once, unlike tracemalloc's `cumulative=True`. With
+    /// `GroupBy::Traceback` every trace has one key, its whole traceback, so this equals
+    /// [`statistics`](Self::statistics).
+    pub fn cumulative_statistics(&self, group_by: GroupBy) -> Vec<Statistic> {
+        if group_by == GroupBy::Traceback {
+            return self.statistics(group_by);
+        }
+        let mut by_stack: HashMap<*const Frame, (Traceback, usize, usize)> = HashMap::new();
+        for trace in self.traces() {
+            let slot = by_stack
+                .entry(trace.traceback.frames().as_ptr())
+                .or_insert_with(|| (trace.traceback.clone(), 0, 0));
+            slot.1 += trace.size;
+            slot.2 += 1;
+        }
+        let mut groups: HashMap<Traceback, (usize, usize)> = HashMap::new();
+        for (traceback, size, count) in by_stack.into_values() {
+            let mut keys: Vec<Traceback> = traceback
+                .frames()
+                .iter()
+                .map(|frame| group_by.key_of_frame(frame))
+                .collect();
+            keys.sort_by(|a, b| a.frames().cmp(b.frames()));
+            keys.dedup();
+            for key in keys {
+                let slot = groups.entry(key).or_insert((0, 0));
+                slot.0 += size;
+                slot.1 += count;
+            }
+        }
+        sorted(groups, group_by)
     }
 
     /// A printable top-`limit` report: notes, one line per group with its source line, the
@@ -211,17 +258,53 @@ mod tests {
     fn statistic_display_matches_python() {
         let python: &[(usize, usize, &str)] = &[
             (0, 0, "src/main.rs:12: size=0 B, count=0"),
-            (1023, 1, "src/main.rs:12: size=1023 B, count=1, average=1023 B"),
-            (10239, 3, "src/main.rs:12: size=10239 B, count=3, average=3413 B"),
-            (10240, 1, "src/main.rs:12: size=10.0 KiB, count=1, average=10.0 KiB"),
-            (102399, 7, "src/main.rs:12: size=100.0 KiB, count=7, average=14.3 KiB"),
-            (102400, 100, "src/main.rs:12: size=100 KiB, count=100, average=1024 B"),
-            (1048576, 2, "src/main.rs:12: size=1024 KiB, count=2, average=512 KiB"),
-            (10485760, 1, "src/main.rs:12: size=10.0 MiB, count=1, average=10.0 MiB"),
-            (5368709120, 2, "src/main.rs:12: size=5120 MiB, count=2, average=2560 MiB"),
+            (
+                1023,
+                1,
+                "src/main.rs:12: size=1023 B, count=1, average=1023 B",
+            ),
+            (
+                10239,
+                3,
+                "src/main.rs:12: size=10239 B, count=3, average=3413 B",
+            ),
+            (
+                10240,
+                1,
+                "src/main.rs:12: size=10.0 KiB, count=1, average=10.0 KiB",
+            ),
+            (
+                102399,
+                7,
+                "src/main.rs:12: size=100.0 KiB, count=7, average=14.3 KiB",
+            ),
+            (
+                102400,
+                100,
+                "src/main.rs:12: size=100 KiB, count=100, average=1024 B",
+            ),
+            (
+                1048576,
+                2,
+                "src/main.rs:12: size=1024 KiB, count=2, average=512 KiB",
+            ),
+            (
+                10485760,
+                1,
+                "src/main.rs:12: size=10.0 MiB, count=1, average=10.0 MiB",
+            ),
+            (
+                5368709120,
+                2,
+                "src/main.rs:12: size=5120 MiB, count=2, average=2560 MiB",
+            ),
             (127, 2, "src/main.rs:12: size=127 B, count=2, average=64 B"),
             (125, 2, "src/main.rs:12: size=125 B, count=2, average=62 B"),
-            (2765094917, 2, "src/main.rs:12: size=2637 MiB, count=2, average=1319 MiB"),
+            (
+                2765094917,
+                2,
+                "src/main.rs:12: size=2637 MiB, count=2, average=1319 MiB",
+            ),
         ];
         for &(size, count, expected) in python {
             assert_eq!(stat(size, count).to_string(), expected);

@@ -14,14 +14,33 @@ pub struct Frame {
     pub lineno: u32,
     /// Demangled function name, without the hash suffix.
     pub function: Arc<str>,
+    /// The source path as the debug information gives it (usually absolute); equal to
+    /// `filename` when that was not shortened.
+    pub path: Arc<str>,
 }
 
 impl Frame {
     pub(crate) fn new(filename: String, lineno: u32, function: String) -> Frame {
+        let filename: Arc<str> = filename.into();
+        Frame {
+            path: filename.clone(),
+            filename,
+            lineno,
+            function: function.into(),
+        }
+    }
+
+    pub(crate) fn with_path(
+        filename: String,
+        path: String,
+        lineno: u32,
+        function: String,
+    ) -> Frame {
         Frame {
             filename: filename.into(),
             lineno,
             function: function.into(),
+            path: path.into(),
         }
     }
 
@@ -44,6 +63,8 @@ struct Data {
     all: Vec<Frame>,
     /// Index of the call site in `all`.
     call_site: usize,
+    /// The traceback limit the frames were kept with.
+    limit: usize,
     /// End of the frames kept by the traceback limit.
     end: usize,
     /// Frames from the call site to the outermost captured one.
@@ -65,15 +86,34 @@ impl Traceback {
             all.push(Frame::unknown());
         }
         let call_site = call_site.min(all.len() - 1);
+        let limit = limit.max(1);
         let total_nframe = all.len() - call_site;
-        let end = call_site + total_nframe.min(limit.max(1));
+        let end = call_site + total_nframe.min(limit);
         Traceback(Arc::new(Data {
             all,
             call_site,
+            limit,
             end,
             total_nframe,
             truncated,
         }))
+    }
+
+    /// The same stack with the call site moved `outward` frames towards the root (at most to
+    /// the outermost frame), keeping the limit.
+    pub(crate) fn moved_outward(&self, outward: usize) -> Traceback {
+        let d = &self.0;
+        Traceback::new(d.all.clone(), d.call_site + outward, d.limit, d.truncated)
+    }
+
+    /// Every frame, innermost first: `machinery()` then the frames from the call site, all of
+    /// them (not only those kept by the limit).
+    pub(crate) fn all_frames(&self) -> &[Frame] {
+        &self.0.all
+    }
+
+    pub(crate) fn parts(&self) -> (usize, usize, bool) {
+        (self.0.call_site, self.0.limit, self.0.truncated)
     }
 
     /// A traceback of exactly these frames (used for grouped statistics).

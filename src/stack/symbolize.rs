@@ -102,12 +102,12 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
         let lineno = symbol.lineno();
         let kind = classify(&function, path.as_deref());
         let has_line = path.is_some() && lineno.is_some();
-        let filename = match path {
-            Some(p) => shorten(&p, base),
-            None => "<unknown>".to_owned(),
+        let (filename, path) = match path {
+            Some(p) => (shorten(&p, base), p),
+            None => ("<unknown>".to_owned(), "<unknown>".to_owned()),
         };
         frames.push(SymFrame {
-            frame: Frame::new(filename, lineno.unwrap_or(0), function),
+            frame: Frame::with_path(filename, path, lineno.unwrap_or(0), function),
             kind,
             has_line,
         });

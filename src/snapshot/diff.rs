@@ -1,0 +1,258 @@
+//! `compare_to`: what changed between two snapshots.
+
+use super::statistics::{write_key, GroupBy};
+use super::{Snapshot, Traceback};
+use crate::format::format_size;
+use std::collections::HashMap;
+use std::fmt;
+
+/// How one group changed between an old snapshot and a new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatisticDiff {
+    /// The group's key (see [`Statistic::traceback`](super::Statistic::traceback)).
+    pub traceback: Traceback,
+    /// Bytes in the new snapshot (0 for a group that vanished).
+    pub size: usize,
+    /// New size minus old size.
+    pub size_diff: i64,
+    /// Blocks in the new snapshot.
+    pub count: usize,
+    /// New count minus old count.
+    pub count_diff: i64,
+    /// The grouping that made this diff.
+    pub group_by: GroupBy,
+}
+
+/// tracemalloc's format: `src/parse.rs:6: size=45.6 KiB (+45.6 KiB), count=744 (+744), average=63 B`;
+/// a vanished group: `src/parse.rs:7: size=0 B (-3898 KiB), count=0 (-99745)`.
+impl fmt::Display for StatisticDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_key(f, &self.traceback, self.group_by)?;
+        write!(
+            f,
+            ": size={} ({}), count={} ({:+})",
+            format_size(self.size as f64, false),
+            format_size(self.size_diff as f64, true),
+            self.count,
+            self.count_diff
+        )?;
+        if self.count > 0 {
+            write!(
+                f,
+                ", average={}",
+                format_size(self.size as f64 / self.count as f64, false)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    /// Differences from `old` to `self`, grouped by `group_by`, as tracemalloc's
+    /// `compare_to`: a group only in `self` has `size_diff == size`; a group only in `old` has
+    /// size 0 and a negative diff. Sorted by |size_diff|, size, |count_diff|, count, all
+    /// descending.
+    pub fn compare_to(&self, old: &Snapshot, group_by: GroupBy) -> Vec<StatisticDiff> {
+        diff(
+            self.statistics(group_by),
+            old.statistics(group_by),
+            group_by,
+        )
+    }
+
+    /// As [`compare_to`](Self::compare_to), on cumulative statistics.
+    pub fn compare_to_cumulative(&self, old: &Snapshot, group_by: GroupBy) -> Vec<StatisticDiff> {
+        diff(
+            self.cumulative_statistics(group_by),
+            old.cumulative_statistics(group_by),
+            group_by,
+        )
+    }
+}
+
+fn diff(
+    new: Vec<super::Statistic>,
+    old: Vec<super::Statistic>,
+    group_by: GroupBy,
+) -> Vec<StatisticDiff> {
+    let mut old: HashMap<Traceback, (usize, usize)> = old
+        .into_iter()
+        .map(|s| (s.traceback, (s.size, s.count)))
+        .collect();
+    let mut diffs: Vec<StatisticDiff> = new
+        .into_iter()
+        .map(|s| {
+            let (old_size, old_count) = old.remove(&s.traceback).unwrap_or((0, 0));
+            StatisticDiff {
+                size_diff: s.size as i64 - old_size as i64,
+                count_diff: s.count as i64 - old_count as i64,
+                traceback: s.traceback,
+                size: s.size,
+                count: s.count,
+                group_by,
+            }
+        })
+        .collect();
+    diffs.extend(
+        old.into_iter()
+            .map(|(traceback, (size, count))| StatisticDiff {
+                traceback,
+                size: 0,
+                size_diff: -(size as i64),
+                count: 0,
+                count_diff: -(count as i64),
+                group_by,
+            }),
+    );
+    diffs.sort_by(|a, b| {
+        let key = |d: &StatisticDiff| {
+            (
+                d.size_diff.unsigned_abs(),
+                d.size,
+                d.count_diff.unsigned_abs(),
+                d.count,
+            )
+        };
+        key(b)
+            .cmp(&key(a))
+            .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+    });
+    diffs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Frame, Trace};
+    use crate::stack::CaptureMode;
+
+    fn at(line: u32) -> Traceback {
+        Traceback::from_frames(vec![Frame::new(
+            "src/parse.rs".into(),
+            line,
+            "app::parse".into(),
+        )])
+    }
+
+    fn snapshot(traces: &[(u32, usize)]) -> Snapshot {
+        Snapshot::from_traces(
+            traces
+                .iter()
+                .map(|&(line, size)| Trace {
+                    size,
+                    traceback: at(line),
+                })
+                .collect(),
+            16,
+            CaptureMode::FramePointers,
+        )
+    }
+
+    /// `str(tracemalloc.StatisticDiff(...))` from CPython 3.11.7.
+    #[test]
+    fn display_matches_python() {
+        let cases: &[(usize, i64, usize, i64, &str)] = &[
+            (
+                46694,
+                46694,
+                744,
+                744,
+                "src/parse.rs:6: size=45.6 KiB (+45.6 KiB), count=744 (+744), average=63 B",
+            ),
+            (
+                0,
+                -3991832,
+                0,
+                -99745,
+                "src/parse.rs:6: size=0 B (-3898 KiB), count=0 (-99745)",
+            ),
+            (
+                688,
+                368,
+                5,
+                3,
+                "src/parse.rs:6: size=688 B (+368 B), count=5 (+3), average=138 B",
+            ),
+            (
+                1024,
+                -2048,
+                1,
+                -2,
+                "src/parse.rs:6: size=1024 B (-2048 B), count=1 (-2), average=1024 B",
+            ),
+        ];
+        for &(size, size_diff, count, count_diff, expected) in cases {
+            let d = StatisticDiff {
+                traceback: at(6),
+                size,
+                size_diff,
+                count,
+                count_diff,
+                group_by: GroupBy::Line,
+            };
+            assert_eq!(d.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn new_vanished_grown_and_shrunk_groups() {
+        // old: line 1 (2 × 100 B), line 2 (1 × 5000 B), line 3 (4 × 10 B)
+        // new: line 1 (3 × 100 B, grown), line 3 (1 × 10 B, shrunk), line 4 (1 × 700 B, new)
+        let old = snapshot(&[
+            (1, 100),
+            (1, 100),
+            (2, 5000),
+            (3, 10),
+            (3, 10),
+            (3, 10),
+            (3, 10),
+        ]);
+        let new = snapshot(&[(1, 100), (1, 100), (1, 100), (3, 10), (4, 700)]);
+        let diffs = new.compare_to(&old, GroupBy::Line);
+        let lines: Vec<String> = diffs.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "src/parse.rs:2: size=0 B (-5000 B), count=0 (-1)",
+                "src/parse.rs:4: size=700 B (+700 B), count=1 (+1), average=700 B",
+                "src/parse.rs:1: size=300 B (+100 B), count=3 (+1), average=100 B",
+                "src/parse.rs:3: size=10 B (-30 B), count=1 (-3), average=10 B",
+            ]
+        );
+        let vanished = &diffs[0];
+        assert_eq!(
+            (
+                vanished.size,
+                vanished.size_diff,
+                vanished.count,
+                vanished.count_diff
+            ),
+            (0, -5000, 0, -1)
+        );
+        let appeared = &diffs[1];
+        assert_eq!(appeared.size_diff, appeared.size as i64);
+        assert_eq!(appeared.count_diff, appeared.count as i64);
+    }
+
+    #[test]
+    fn ties_sort_by_size_then_count() {
+        let old = snapshot(&[(1, 50), (2, 50)]);
+        let new = snapshot(&[(1, 100), (2, 150), (2, 50)]);
+        let diffs = new.compare_to(&old, GroupBy::Line);
+        // Line 2 grew by 150 B, line 1 by 50 B.
+        assert_eq!(diffs[0].traceback.call_site().lineno, 2);
+        assert_eq!(diffs[0].size_diff, 150);
+        let old = snapshot(&[(1, 50), (2, 150)]);
+        let new = snapshot(&[(1, 100), (2, 200)]);
+        let diffs = new.compare_to(&old, GroupBy::Line);
+        assert_eq!(
+            diffs
+                .iter()
+                .map(|d| d.traceback.call_site().lineno)
+                .collect::<Vec<_>>(),
+            [2, 1],
+            "equal |size_diff|: the bigger size first"
+        );
+    }
+}
