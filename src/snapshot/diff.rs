@@ -76,14 +76,22 @@ fn diff(
     old: Vec<super::Statistic>,
     group_by: GroupBy,
 ) -> Vec<StatisticDiff> {
-    let mut old: HashMap<Traceback, (usize, usize)> = old
+    // Keyed by the frames shown, as groups are (see `statistics`).
+    let mut old: HashMap<Vec<super::Frame>, (Traceback, usize, usize)> = old
         .into_iter()
-        .map(|s| (s.traceback, (s.size, s.count)))
+        .map(|s| {
+            (
+                s.traceback.frames().to_vec(),
+                (s.traceback, s.size, s.count),
+            )
+        })
         .collect();
     let mut diffs: Vec<StatisticDiff> = new
         .into_iter()
         .map(|s| {
-            let (old_size, old_count) = old.remove(&s.traceback).unwrap_or((0, 0));
+            let (old_size, old_count) = old
+                .remove(s.traceback.frames())
+                .map_or((0, 0), |(_, size, count)| (size, count));
             StatisticDiff {
                 size_diff: s.size as i64 - old_size as i64,
                 count_diff: s.count as i64 - old_count as i64,
@@ -95,8 +103,8 @@ fn diff(
         })
         .collect();
     diffs.extend(
-        old.into_iter()
-            .map(|(traceback, (size, count))| StatisticDiff {
+        old.into_values()
+            .map(|(traceback, size, count)| StatisticDiff {
                 traceback,
                 size: 0,
                 size_diff: -(size as i64),

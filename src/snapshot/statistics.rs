@@ -98,10 +98,13 @@ impl GroupBy {
     }
 }
 
-fn sorted(groups: HashMap<Traceback, (usize, usize)>, group_by: GroupBy) -> Vec<Statistic> {
+fn sorted(
+    groups: HashMap<Vec<Frame>, (Traceback, usize, usize)>,
+    group_by: GroupBy,
+) -> Vec<Statistic> {
     let mut stats: Vec<Statistic> = groups
-        .into_iter()
-        .map(|(traceback, (size, count))| Statistic {
+        .into_values()
+        .map(|(traceback, size, count)| Statistic {
             traceback,
             size,
             count,
@@ -128,11 +131,20 @@ impl Snapshot {
             slot.1 += trace.size;
             slot.2 += 1;
         }
-        let mut groups: HashMap<Traceback, (usize, usize)> = HashMap::new();
+        // Groups are told apart by the frames they show (two stacks that differ only in the
+        // trimmed allocator frames are one group; the smallest stack represents them).
+        let mut groups: HashMap<Vec<Frame>, (Traceback, usize, usize)> = HashMap::new();
         for (traceback, size, count) in by_stack.into_values() {
-            let slot = groups.entry(group_by.key(&traceback)).or_insert((0, 0));
-            slot.0 += size;
-            slot.1 += count;
+            let key = group_by.key(&traceback);
+            let slot = groups
+                .entry(key.frames().to_vec())
+                .or_insert_with(|| (key.clone(), 0, 0));
+            // The representative must not depend on hash order: take the smallest stack.
+            if key.all_frames() < slot.0.all_frames() {
+                slot.0 = key;
+            }
+            slot.1 += size;
+            slot.2 += count;
         }
         sorted(groups, group_by)
     }
@@ -155,7 +167,7 @@ impl Snapshot {
             slot.1 += trace.size;
             slot.2 += 1;
         }
-        let mut groups: HashMap<Traceback, (usize, usize)> = HashMap::new();
+        let mut groups: HashMap<Vec<Frame>, (Traceback, usize, usize)> = HashMap::new();
         for (traceback, size, count) in by_stack.into_values() {
             let mut keys: Vec<Traceback> = traceback
                 .frames()
@@ -165,9 +177,11 @@ impl Snapshot {
             keys.sort_by(|a, b| a.frames().cmp(b.frames()));
             keys.dedup();
             for key in keys {
-                let slot = groups.entry(key).or_insert((0, 0));
-                slot.0 += size;
-                slot.1 += count;
+                let slot = groups
+                    .entry(key.frames().to_vec())
+                    .or_insert_with(|| (key, 0, 0));
+                slot.1 += size;
+                slot.2 += count;
             }
         }
         sorted(groups, group_by)
