@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Writes the snapshot files that tests/damaged_files.rs loads.
+
+An independent writer of the dump format (see src/snapshot/persist.rs): `valid.tracealloc`
+must load, and every other file is damaged in exactly one way. Run from this folder:
+    python3 make.py
+"""
+import struct
+import zlib
+
+def u8(v): return struct.pack("<B", v)
+def u32(v): return struct.pack("<I", v)
+def u64(v): return struct.pack("<Q", v)
+
+def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=None,
+         string_count=None, trace_count=None, raw_strings=None):
+    strings = strings if strings is not None else ["src/main.rs", "/home/u/app/src/main.rs", "app::parse", "app::main"]
+    frames = frames if frames is not None else [(0, 1, 2, 41), (0, 1, 3, 12)]
+    tracebacks = tracebacks if tracebacks is not None else [([0, 1], 0, 16, 0)]
+    traces = traces if traces is not None else [(2048, 0), (64, 0)]
+    out = u32(limit) + u8(mode) + u32(0)
+    out += u32(len(strings) if string_count is None else string_count)
+    for s in (raw_strings if raw_strings is not None else [s.encode() for s in strings]):
+        out += u32(len(s)) + s
+    out += u32(len(frames))
+    for f in frames:
+        out += b"".join(u32(x) for x in f)
+    out += u32(len(tracebacks))
+    for ids, call_site, tb_limit, truncated in tracebacks:
+        out += u32(len(ids)) + u32(call_site) + u32(tb_limit) + u8(truncated)
+        out += b"".join(u32(i) for i in ids)
+    out += u64(len(traces) if trace_count is None else trace_count)
+    for size, tb in traces:
+        out += u64(size) + u32(tb)
+    return out
+
+def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
+    return (magic + u32(version) + u64(len(b) if length is None else length)
+            + u32(zlib.crc32(b) if crc is None else crc) + b)
+
+valid = file(body())
+cases = {
+    "valid.tracealloc": valid,
+    "empty.bin": b"",
+    "wrong_magic.bin": file(body(), magic=b"PK\x03\x04xxxx"),
+    "unknown_version.bin": file(body(), version=99),
+    "truncated.bin": valid[:-10],
+    "trailing_bytes.bin": valid + b"\0\0\0",
+    "bad_checksum.bin": valid[:30] + bytes([valid[30] ^ 0xFF]) + valid[31:],
+    "absurd_string_count.bin": file(body(string_count=0xFFFFFFFF)),
+    "bad_utf8.bin": file(body(raw_strings=[b"src/\xff.rs", b"p", b"f", b"g"])),
+    "string_index_out_of_range.bin": file(body(frames=[(9, 1, 2, 41), (0, 1, 3, 12)])),
+    "call_site_outside.bin": file(body(tracebacks=[([0, 1], 5, 16, 0)])),
+    "bad_snapshot_limit.bin": file(body(limit=0)),
+    "unknown_capture_mode.bin": file(body(mode=7)),
+    "absurd_trace_count.bin": file(body(trace_count=1 << 60)),
+    "bad_truncation_flag.bin": file(body(tracebacks=[([0, 1], 0, 16, 2)])),
+    "traceback_index_out_of_range.bin": file(body(traces=[(2048, 3)])),
+}
+for name, data in cases.items():
+    with open(name, "wb") as f:
+        f.write(data)

@@ -1,0 +1,172 @@
+//! Every damaged snapshot file under tests/damaged/ (written by tests/damaged/make.py, an
+//! independent writer of the format) is refused with its own error and byte offset; the valid
+//! one loads with the expected contents. No global allocator needed: loading is pure.
+
+use std::path::Path;
+use tracealloc::{Error, GroupBy, Snapshot};
+
+fn load(name: &str) -> Result<Snapshot, Error> {
+    Snapshot::load(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/damaged")
+            .join(name),
+    )
+}
+
+#[test]
+fn the_independently_written_valid_file_loads() {
+    let snapshot = load("valid.tracealloc").unwrap();
+    assert_eq!(snapshot.traces().len(), 2);
+    assert_eq!(snapshot.total_size(), 2112);
+    assert_eq!(snapshot.traceback_limit(), 16);
+    let stats = snapshot.statistics(GroupBy::Line);
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        stats[0].to_string(),
+        "src/main.rs:41: size=2112 B, count=2, average=1056 B"
+    );
+    let frames = stats[0].traceback.frames();
+    assert_eq!(&*frames[0].path, "/home/u/app/src/main.rs");
+    let by_traceback = snapshot.statistics(GroupBy::Traceback);
+    let callers: Vec<String> = by_traceback[0]
+        .traceback
+        .frames()
+        .iter()
+        .map(|f| format!("{f} in {}", f.function))
+        .collect();
+    assert_eq!(
+        callers,
+        [
+            "src/main.rs:41 in app::parse",
+            "src/main.rs:12 in app::main"
+        ]
+    );
+    // And what we write back is byte for byte what the independent writer wrote.
+    let original =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/damaged/valid.tracealloc"))
+            .unwrap();
+    assert_eq!(snapshot.to_bytes(), original);
+}
+
+#[test]
+fn every_damaged_file_gets_its_own_error() {
+    let cases: &[(&str, u64, &str)] = &[
+        ("empty.bin", 0, "truncated while reading the magic number"),
+        ("wrong_magic.bin", 0, "wrong magic number"),
+        ("unknown_version.bin", 8, "unknown format version 99"),
+        (
+            "truncated.bin",
+            189,
+            "truncated: the header announces 175 bytes of body, the file has 165",
+        ),
+        (
+            "trailing_bytes.bin",
+            199,
+            "3 unexpected bytes after the end",
+        ),
+        ("bad_checksum.bin", 20, "checksum mismatch"),
+        (
+            "absurd_string_count.bin",
+            33,
+            "absurd count of strings: 4294967295",
+        ),
+        ("bad_utf8.bin", 45, "not valid UTF-8"),
+        (
+            "string_index_out_of_range.bin",
+            0,
+            "a frame's file name: index 9 out of range (only 4)",
+        ),
+        (
+            "call_site_outside.bin",
+            0,
+            "call site 5 outside a traceback of 2 frames",
+        ),
+        (
+            "bad_snapshot_limit.bin",
+            24,
+            "traceback limit 0 outside 1..=256",
+        ),
+        ("unknown_capture_mode.bin", 28, "unknown capture mode 7"),
+        (
+            "absurd_trace_count.bin",
+            0,
+            "absurd count of traces: 1152921504606846976",
+        ),
+        (
+            "bad_truncation_flag.bin",
+            0,
+            "truncation flag 2 is neither 0 nor 1",
+        ),
+        (
+            "traceback_index_out_of_range.bin",
+            0,
+            "a trace's traceback: index 3 out of range (only 1)",
+        ),
+    ];
+    let mut problems = std::collections::HashSet::new();
+    for &(name, offset, expected) in cases {
+        match load(name) {
+            Err(Error::Corrupt {
+                offset: at,
+                problem,
+            }) => {
+                assert!(
+                    problem.contains(expected),
+                    "{name}: {problem:?} does not say {expected:?}"
+                );
+                if offset != 0 {
+                    assert_eq!(at, offset, "{name}: {problem}");
+                }
+                assert!(
+                    at <= std::fs::metadata(
+                        Path::new(env!("CARGO_MANIFEST_DIR"))
+                            .join("tests/damaged")
+                            .join(name)
+                    )
+                    .unwrap()
+                    .len()
+                );
+                assert!(
+                    problems.insert(problem),
+                    "{name}: the same message as another case"
+                );
+            }
+            other => panic!("{name}: expected Error::Corrupt, got {other:?}"),
+        }
+    }
+    let listed: std::collections::HashSet<&str> = cases.iter().map(|c| c.0).collect();
+    for entry in
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/damaged")).unwrap()
+    {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".bin") {
+            assert!(
+                listed.contains(name.as_str()),
+                "{name} has no expected error"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_truncation_and_every_flipped_byte_is_an_error_not_a_panic() {
+    let valid =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/damaged/valid.tracealloc"))
+            .unwrap();
+    for len in 0..valid.len() {
+        assert!(
+            Snapshot::from_bytes(&valid[..len]).is_err(),
+            "a prefix of {len} bytes loaded"
+        );
+    }
+    for i in 0..valid.len() {
+        for bit in 0..8 {
+            let mut damaged = valid.clone();
+            damaged[i] ^= 1 << bit;
+            assert!(
+                Snapshot::from_bytes(&damaged).is_err(),
+                "flipping bit {bit} of byte {i} went unnoticed"
+            );
+        }
+    }
+}
