@@ -98,6 +98,11 @@ fn every_damaged_file_gets_its_own_error() {
             "truncation flag 2 is neither 0 nor 1",
         ),
         (
+            "sizes_overflow.bin",
+            0,
+            "the trace sizes add up to more than any process can hold",
+        ),
+        (
             "traceback_index_out_of_range.bin",
             0,
             "a trace's traceback: index 3 out of range (only 1)",

@@ -263,14 +263,22 @@ impl Snapshot {
 
         let n = r.count64("traces", 12)?;
         let mut traces = Vec::with_capacity(n);
+        let mut total: u64 = 0;
         for _ in 0..n {
             let at = r.pos;
-            let size = usize::try_from(r.u64("a trace size")?).map_err(|_| {
-                corrupt(
-                    at as u64,
-                    "a trace size does not fit in this machine's usize",
-                )
-            })?;
+            let size = r.u64("a trace size")?;
+            // No process holds more than isize::MAX bytes: more means a damaged file (and sums
+            // over the traces must not overflow).
+            total = total
+                .checked_add(size)
+                .filter(|&t| t <= isize::MAX as u64)
+                .ok_or_else(|| {
+                    corrupt(
+                        at as u64,
+                        "the trace sizes add up to more than any process can hold",
+                    )
+                })?;
+            let size = size as usize;
             let traceback = tracebacks[r.index(tracebacks.len(), "a trace's traceback")?].clone();
             traces.push(Trace { size, traceback });
         }

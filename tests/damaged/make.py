@@ -56,6 +56,7 @@ cases = {
     "absurd_trace_count.bin": file(body(trace_count=1 << 60)),
     "bad_truncation_flag.bin": file(body(tracebacks=[([0, 1], 0, 16, 2)])),
     "traceback_index_out_of_range.bin": file(body(traces=[(2048, 3)])),
+    "sizes_overflow.bin": file(body(traces=[(1 << 62, 0), (1 << 62, 0)])),
 }
 for name, data in cases.items():
     with open(name, "wb") as f:
