@@ -24,13 +24,16 @@ impl Cache {
             .entry(request % 5_000)
             .or_insert_with(|| format!("answer to {request} ").repeat(8));
         // The bug: every request is logged and the log is never trimmed.
-        self.log.push(format!("served {request}: {} bytes", answer.len()));
+        self.log
+            .push(format!("served {request}: {} bytes", answer.len()));
         answer.len()
     }
 }
 
 fn serve(cache: &mut Cache, from: u64, to: u64) -> usize {
-    (from..to).map(|r| cache.handle(r.wrapping_mul(2_654_435_761))).sum()
+    (from..to)
+        .map(|r| cache.handle(r.wrapping_mul(2_654_435_761)))
+        .sum()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -57,7 +60,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for stat in after
         .cumulative_statistics(GroupBy::Function)
         .iter()
-        .filter(|s| s.traceback.call_site().filename.ends_with("examples/diff.rs"))
+        .filter(|s| {
+            s.traceback
+                .call_site()
+                .filename
+                .ends_with("examples/diff.rs")
+        })
         .take(5)
     {
         println!("{stat}");
@@ -71,7 +79,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "dumped and reloaded {} traces ({} bytes on disk): {}",
         reloaded.traces().len(),
         std::fs::metadata(&path)?.len(),
-        if reloaded == after { "identical" } else { "DIFFERENT" }
+        if reloaded == after {
+            "identical"
+        } else {
+            "DIFFERENT"
+        }
     );
     std::fs::remove_file(&path)?;
     Ok(())
