@@ -129,6 +129,16 @@ pub fn take_snapshot() -> Result<Snapshot, Error> {
     Ok(snapshot::take(tracer::limit(), tracer::capture_cap()))
 }
 
+/// `Ok` when the tracer is installed and tracing.
+pub(crate) fn ensure_tracing() -> Result<(), Error> {
+    ensure_installed()?;
+    if tracer::is_on() {
+        Ok(())
+    } else {
+        Err(Error::NotTracing)
+    }
+}
+
 fn ensure_installed() -> Result<(), Error> {
     if !tracer::is_installed() {
         // Nothing has gone through a Tracer yet: allocate once to find out.

@@ -22,6 +22,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A size limit that is not a byte count or a size such as "64 KiB" or "1.5 MB".
+    InvalidLimit {
+        /// The limit as given.
+        limit: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The tracer could not allocate room for a new measurement scope (out of memory).
+    ScopeUnavailable,
     /// Reading or writing a snapshot file failed.
     Io {
         /// The file.
@@ -57,6 +66,12 @@ impl fmt::Display for Error {
             ),
             Error::InvalidPattern { pattern, reason } => {
                 write!(f, "invalid file pattern {pattern:?}: {reason}")
+            }
+            Error::InvalidLimit { limit, reason } => {
+                write!(f, "invalid size limit {limit:?}: {reason}")
+            }
+            Error::ScopeUnavailable => {
+                f.write_str("tracealloc could not allocate a measurement scope (out of memory)")
             }
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Corrupt { offset, problem } => {

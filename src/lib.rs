@@ -59,10 +59,14 @@ mod format;
 mod guard;
 mod lock;
 mod meta;
+mod scope;
 mod snapshot;
 mod stack;
 mod table;
+mod testing;
 mod tracer;
+#[macro_use]
+mod macros;
 
 pub use control::{
     capture_mode, clear_traces, is_tracing, object_traceback, reset_peak, start, stop,
@@ -74,4 +78,9 @@ pub use snapshot::{
     Filter, Frame, GroupBy, Report, Snapshot, Statistic, StatisticDiff, Trace, Traceback,
 };
 pub use stack::CaptureMode;
+#[doc(hidden)]
+pub use testing::__private;
+pub use testing::{
+    measure, parse_size, spawn, try_measure, Limit, Measurement, Scope, ScopeGuard, SiteUsage,
+};
 pub use tracer::{Tracer, DEFAULT_FRAMES, MAX_FRAMES};

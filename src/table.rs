@@ -32,6 +32,8 @@ pub(crate) struct Entry {
     pub(crate) address: usize,
     pub(crate) size: usize,
     pub(crate) stack: StackId,
+    /// The measurement scope the block was made in (0: none). Fits in `Entry`'s padding.
+    pub(crate) scope: u32,
 }
 
 #[derive(Debug)]
@@ -80,9 +82,15 @@ fn rehash(e: &Entry) -> u64 {
     inner_hash(spread(e.address))
 }
 
-/// Records a live block. Returns false, recording nothing, when the table could not grow.
+/// Records a live block. Returns `Err(())`, recording nothing, when the table could not grow;
+/// `Ok(Some(stale))` when it replaced a record whose free was never seen.
 #[inline]
-pub(crate) fn insert(address: usize, size: usize, stack: StackId) -> bool {
+pub(crate) fn insert(
+    address: usize,
+    size: usize,
+    stack: StackId,
+    scope: u32,
+) -> Result<Option<Entry>, ()> {
     let (mut shard, h) = locate(address);
     let shard = &mut *shard;
     shard.allocated_bytes += size as u64;
@@ -91,16 +99,18 @@ pub(crate) fn insert(address: usize, size: usize, stack: StackId) -> bool {
         // A record survived a free we did not see (a race with `stop`); the address is live
         // again, so the old block is gone.
         counters::removed(stale.size);
+        let old = *stale;
         *stale = Entry {
             address,
             size,
             stack,
+            scope,
         };
         counters::added(size);
-        return true;
+        return Ok(Some(old));
     }
     if shard.live.try_reserve(1, rehash).is_err() {
-        return false;
+        return Err(());
     }
     shard.live.insert_unique(
         h,
@@ -108,11 +118,12 @@ pub(crate) fn insert(address: usize, size: usize, stack: StackId) -> bool {
             address,
             size,
             stack,
+            scope,
         },
         rehash,
     );
     counters::added(size);
-    true
+    Ok(None)
 }
 
 /// Puts back the record of a block whose `realloc` failed (the block is still live). Totals

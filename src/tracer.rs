@@ -10,6 +10,7 @@
 
 use crate::counters;
 use crate::guard::Guard;
+use crate::scope;
 use crate::stack::{capture, intern};
 use crate::table;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -118,7 +119,7 @@ impl<A> Tracer<A> {
     where
         A: GlobalAlloc,
     {
-        table::remove(ptr as usize);
+        forget(ptr as usize);
         // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
@@ -172,7 +173,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old = if STATUS.load(Relaxed) == ON {
-            table::remove(ptr as usize)
+            forget(ptr as usize)
         } else {
             None
         };
@@ -181,6 +182,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
         if new.is_null() {
             if let Some(old) = old {
                 table::restore(old);
+                if old.scope != 0 {
+                    scope::restored(old.scope, old.stack, old.size);
+                }
             }
             return new;
         }
@@ -206,13 +210,32 @@ fn record(address: usize, size: usize) {
     let n = capture::capture(&mut buf[..cap]);
     // SAFETY: `capture` initialized the first `n` slots.
     let addresses = unsafe { &*(&buf[..n] as *const [MaybeUninit<usize>] as *const [usize]) };
-    let recorded = match intern::intern(addresses) {
-        Some(stack) => table::insert(address, size, stack),
-        None => false,
-    };
-    if !recorded {
+    let scope = scope::current_id();
+    let Some(stack) = intern::intern(addresses) else {
         counters::dropped();
+        return;
+    };
+    match table::insert(address, size, stack, scope) {
+        Ok(stale) => {
+            if let Some(stale) = stale {
+                scope::freed(&stale);
+            }
+            if scope != 0 {
+                scope::allocated(scope, stack, size);
+            }
+        }
+        Err(()) => counters::dropped(),
     }
+}
+
+/// Forgets a block about to be freed (or reallocated); returns its record.
+#[inline]
+fn forget(address: usize) -> Option<table::Entry> {
+    let entry = table::remove(address)?;
+    if entry.scope != 0 {
+        scope::freed(&entry);
+    }
+    Some(entry)
 }
 
 pub(crate) fn is_installed() -> bool {

@@ -210,6 +210,13 @@ fn is_toolchain_symbol(function: &str) -> bool {
                 .any(|c| function.contains(&format!(" as {c}"))))
 }
 
+/// Whether a symbolized frame is the program's own code (not tracealloc's, not the
+/// toolchain's, not the C runtime's).
+pub(crate) fn is_user_frame(frame: &Frame) -> bool {
+    let path = (&*frame.path != "<unknown>").then_some(&*frame.path);
+    classify(&frame.function, path) == Kind::User
+}
+
 /// Index of the call site in `frames` (innermost first): the first frame, past the allocator
 /// entry, that is neither allocator machinery nor the toolchain's library code.
 ///

@@ -1,0 +1,545 @@
+//! Heap measurements for tests that run in parallel: `measure`, `Measurement`, `Scope`, size
+//! limits, and the support behind the assertion macros.
+
+use crate::control;
+use crate::error::Error;
+use crate::format::format_size;
+use crate::guard::Guard;
+use crate::scope;
+use crate::snapshot::{self, Frame, Traceback};
+use crate::stack::symbolize;
+use crate::stack::StackId;
+use crate::tracer;
+use std::collections::HashMap;
+use std::fmt;
+
+/// A measurement scope: allocations made while it is current (on any thread that entered it)
+/// are counted in it, and in the scopes around it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope {
+    id: u32,
+}
+
+impl Scope {
+    /// The scope the current thread is measuring into, if any.
+    pub fn current() -> Option<Scope> {
+        match scope::current_id() {
+            0 => None,
+            id => Some(Scope { id }),
+        }
+    }
+
+    /// Makes this scope current on this thread (for threads a measured test spawns) until the
+    /// guard is dropped.
+    pub fn enter(&self) -> ScopeGuard {
+        ScopeGuard {
+            previous: scope::set_current(self.id),
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// Sets the scope's peak to its current bytes, to measure the peak of what follows.
+    pub fn reset_peak(&self) {
+        scope::reset_peak(self.id);
+    }
+}
+
+/// Restores the previous scope of the thread when dropped (see [`Scope::enter`]).
+#[derive(Debug)]
+#[must_use = "the scope is left when the guard is dropped"]
+pub struct ScopeGuard {
+    previous: u32,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        scope::set_current(self.previous);
+    }
+}
+
+/// `std::thread::spawn`, with the new thread measuring into the current scope (if any).
+pub fn spawn<F, T>(f: F) -> std::thread::JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let scope = Scope::current();
+    std::thread::spawn(move || {
+        let _guard = scope.map(|s| s.enter());
+        f()
+    })
+}
+
+/// Bytes and blocks of one call site, with its traceback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SiteUsage {
+    /// Bytes.
+    pub size: usize,
+    /// Blocks (for [`Measurement::top_allocating`]: allocations made).
+    pub blocks: usize,
+    /// Where: `traceback.call_site()` is the line in your code.
+    pub traceback: Traceback,
+}
+
+/// What a measured piece of code did to the heap. Only its own allocations count (and those of
+/// threads that entered its scope), whatever other threads do meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Measurement {
+    peak: usize,
+    allocated: u64,
+    allocations: u64,
+    retained: usize,
+    at_peak: Vec<SiteUsage>,
+    retained_sites: Vec<SiteUsage>,
+    allocating: Vec<SiteUsage>,
+    lost: u64,
+}
+
+impl Measurement {
+    /// Most bytes of the scope's blocks live at once.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+
+    /// Bytes allocated in all (reallocations count their new size).
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Number of allocations (and reallocations).
+    pub fn allocations(&self) -> u64 {
+        self.allocations
+    }
+
+    /// Bytes allocated in the scope and still live at its end (the closure's result included).
+    pub fn retained(&self) -> usize {
+        self.retained
+    }
+
+    /// Up to 10 call sites live at the peak, biggest first.
+    pub fn top_at_peak(&self) -> &[SiteUsage] {
+        &self.at_peak
+    }
+
+    /// Up to 10 call sites still live at the end, biggest first.
+    pub fn top_retained(&self) -> &[SiteUsage] {
+        &self.retained_sites
+    }
+
+    /// Up to 10 call sites by number of allocations made (`blocks`), most first.
+    pub fn top_allocating(&self) -> &[SiteUsage] {
+        &self.allocating
+    }
+}
+
+/// A short report: the figures, then the sites live at the peak.
+impl fmt::Display for Measurement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tracealloc: peak {}, {} allocated in {} allocation{}, {} retained",
+            size(self.peak),
+            size(self.allocated as usize),
+            self.allocations,
+            plural(self.allocations as usize),
+            size(self.retained)
+        )?;
+        if !self.at_peak.is_empty() {
+            writeln!(f)?;
+            write!(f, "  live at the peak:")?;
+            write_sites(f, &self.at_peak, "block")?;
+        }
+        Ok(())
+    }
+}
+
+fn size(bytes: usize) -> String {
+    format_size(bytes as f64, false)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn write_sites(f: &mut fmt::Formatter<'_>, sites: &[SiteUsage], unit: &str) -> fmt::Result {
+    for site in sites {
+        let at = site.traceback.call_site();
+        write!(
+            f,
+            "\n  {} in {} {unit}{} at {} in {}",
+            size(site.size),
+            site.blocks,
+            plural(site.blocks),
+            at,
+            at.function
+        )?;
+        for caller in callers(&site.traceback) {
+            write!(f, "\n      {} in {}", caller, caller.function)?;
+        }
+    }
+    Ok(())
+}
+
+/// Up to two callers of the call site in the program's own code.
+fn callers(traceback: &Traceback) -> impl Iterator<Item = &Frame> {
+    traceback
+        .frames()
+        .iter()
+        .skip(1)
+        .filter(|f| symbolize::is_user_frame(f))
+        .take(2)
+}
+
+/// Runs `f` in a new measurement scope and returns its result with what it did to the heap.
+///
+/// # Panics
+/// When the tracer is not the global allocator or is stopped (see [`try_measure`]).
+pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
+    match try_measure(f) {
+        Ok(result) => result,
+        Err(e) => panic!("tracealloc::measure: {e}"),
+    }
+}
+
+/// [`measure`], returning an error instead of panicking when nothing can be measured
+/// (`Error::NotInstalled`, `Error::NotTracing`).
+pub fn try_measure<R>(f: impl FnOnce() -> R) -> Result<(R, Measurement), Error> {
+    control::ensure_tracing()?;
+    let parent = scope::current_id();
+    let id = scope::open(parent).ok_or(Error::ScopeUnavailable)?;
+    /// Leaves and ends the scope even if `f` panics.
+    struct Leave {
+        id: u32,
+        previous: u32,
+    }
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            scope::set_current(self.previous);
+            scope::close(self.id);
+        }
+    }
+    let leave = Leave {
+        id,
+        previous: scope::set_current(id),
+    };
+    let result = f();
+    scope::set_current(leave.previous);
+    let measurement = {
+        let _guard = Guard::enter();
+        let figures = scope::figures(id).unwrap_or_default();
+        Measurement::from_figures(figures)
+    };
+    drop(leave);
+    Ok((result, measurement))
+}
+
+impl Measurement {
+    fn from_figures(figures: scope::Figures) -> Measurement {
+        let mut tracebacks: HashMap<StackId, Traceback> = HashMap::new();
+        let mut traceback = |stack: StackId| {
+            tracebacks
+                .entry(stack)
+                .or_insert_with(|| {
+                    snapshot::traceback_of(stack, tracer::limit(), tracer::capture_cap())
+                })
+                .clone()
+        };
+        let mut group = |sites: Vec<(StackId, usize, usize)>| -> Vec<SiteUsage> {
+            // Several stacks can share a call site line: report per line.
+            let mut by_line: HashMap<Frame, SiteUsage> = HashMap::new();
+            for (stack, bytes, blocks) in sites {
+                let tb = traceback(stack);
+                let key = Frame {
+                    function: tb.call_site().function.clone(),
+                    ..tb.call_site().clone()
+                };
+                let entry = by_line.entry(key).or_insert(SiteUsage {
+                    size: 0,
+                    blocks: 0,
+                    traceback: tb,
+                });
+                entry.size += bytes;
+                entry.blocks += blocks;
+            }
+            let mut sites: Vec<SiteUsage> = by_line.into_values().collect();
+            sites.sort_by(|a, b| {
+                (b.size, b.blocks)
+                    .cmp(&(a.size, a.blocks))
+                    .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+            });
+            sites.truncate(10);
+            sites
+        };
+        let at_peak = group(figures.at_peak);
+        let retained_sites = group(figures.retained_sites);
+        let mut allocating = group(
+            figures
+                .allocation_sites
+                .into_iter()
+                .map(|(stack, n)| (stack, 0, n as usize))
+                .collect(),
+        );
+        allocating.sort_by_key(|s| std::cmp::Reverse(s.blocks));
+        Measurement {
+            peak: figures.peak,
+            allocated: figures.allocated,
+            allocations: figures.allocations,
+            retained: figures.retained,
+            at_peak,
+            retained_sites,
+            allocating,
+            lost: figures.lost,
+        }
+    }
+}
+
+/// A size limit: a byte count, or a string such as `"64 KiB"`, `"1.5 MB"`, `"24 MiB"`,
+/// `"512 B"` (KB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers of 1024).
+pub trait Limit {
+    /// The limit in bytes.
+    fn to_bytes(&self) -> Result<usize, Error>;
+}
+
+impl Limit for &str {
+    fn to_bytes(&self) -> Result<usize, Error> {
+        parse_size(self)
+    }
+}
+
+impl Limit for String {
+    fn to_bytes(&self) -> Result<usize, Error> {
+        parse_size(self)
+    }
+}
+
+macro_rules! integer_limit {
+    ($($t:ty),*) => {$(
+        impl Limit for $t {
+            fn to_bytes(&self) -> Result<usize, Error> {
+                usize::try_from(*self).map_err(|_| Error::InvalidLimit {
+                    limit: self.to_string(),
+                    reason: "a limit must be a number of bytes from 0 to usize::MAX".into(),
+                })
+            }
+        }
+    )*};
+}
+integer_limit!(usize, u64, u32, i32, i64);
+
+/// Parses a size: `"1024"`, `"512 B"`, `"64 KiB"`, `"1.5 MB"`, `"24 MiB"`, `"2GiB"`. KB, MB, GB
+/// and TB are powers of 1000; KiB, MiB, GiB and TiB powers of 1024. Anything else is an
+/// [`Error::InvalidLimit`] that names the string.
+pub fn parse_size(text: &str) -> Result<usize, Error> {
+    let invalid = |reason: String| Error::InvalidLimit {
+        limit: text.to_owned(),
+        reason,
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let unit = unit.trim_start();
+    let multiplier: u128 = match unit {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(invalid(format!(
+                "unknown unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB)"
+            )))
+        }
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+        return Err(invalid("expected a number such as 64 or 1.5".into()));
+    }
+    if whole.len() > 30 || fraction.len() > 18 {
+        return Err(invalid("too many digits".into()));
+    }
+    let parse = |s: &str| -> u128 { s.parse().unwrap_or(0) };
+    let scale = 10u128.pow(fraction.len() as u32);
+    let exact = parse(whole) * scale * multiplier + parse(fraction) * multiplier;
+    if exact % scale != 0 {
+        return Err(invalid("not a whole number of bytes".into()));
+    }
+    usize::try_from(exact / scale).map_err(|_| invalid("larger than usize::MAX bytes".into()))
+}
+
+/// What the assertion macros call; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+
+    fn fail(message: Option<String>, report: String) -> ! {
+        match message {
+            Some(m) => panic!("{m}\n{report}"),
+            None => panic!("{report}"),
+        }
+    }
+
+    fn limit_bytes(limit: impl Limit) -> usize {
+        limit
+            .to_bytes()
+            .unwrap_or_else(|e| panic!("tracealloc: {e}"))
+    }
+
+    pub fn peak_below<R>(limit: impl Limit, f: impl FnOnce() -> R, message: Option<String>) -> R {
+        let limit = limit_bytes(limit);
+        let (result, m) = measure(f);
+        if m.peak >= limit {
+            fail(message, PeakReport { m: &m, limit }.to_string());
+        }
+        result
+    }
+
+    pub fn no_leaks<R>(f: impl FnOnce() -> R, message: Option<String>) -> R {
+        let (result, m) = measure(f);
+        if m.retained > 0 {
+            fail(message, LeakReport(&m).to_string());
+        }
+        result
+    }
+
+    pub fn allocations_at_most<R>(max: u64, f: impl FnOnce() -> R, message: Option<String>) -> R {
+        let (result, m) = measure(f);
+        if m.allocations > max {
+            fail(message, AllocationReport { m: &m, max }.to_string());
+        }
+        result
+    }
+
+    struct PeakReport<'a> {
+        m: &'a Measurement,
+        limit: usize,
+    }
+
+    impl fmt::Display for PeakReport<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "tracealloc: peak {} reached the limit {}",
+                size(self.m.peak),
+                size(self.limit)
+            )?;
+            write_sites(f, &self.m.at_peak, "block")
+        }
+    }
+
+    struct LeakReport<'a>(&'a Measurement);
+
+    impl fmt::Display for LeakReport<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let blocks: usize = self.0.retained_sites.iter().map(|s| s.blocks).sum();
+            write!(
+                f,
+                "tracealloc: {} leaked: still live at the end of the measured code",
+                size(self.0.retained)
+            )?;
+            if blocks > 0 {
+                write!(
+                    f,
+                    " ({} block{} at the sites below)",
+                    blocks,
+                    plural(blocks)
+                )?;
+            }
+            write_sites(f, &self.0.retained_sites, "block")
+        }
+    }
+
+    struct AllocationReport<'a> {
+        m: &'a Measurement,
+        max: u64,
+    }
+
+    impl fmt::Display for AllocationReport<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            if self.max == 0 {
+                write!(
+                    f,
+                    "tracealloc: {} allocation{} where none were allowed",
+                    self.m.allocations,
+                    plural(self.m.allocations as usize)
+                )?;
+            } else {
+                write!(
+                    f,
+                    "tracealloc: {} allocations, more than the limit of {}",
+                    self.m.allocations, self.max
+                )?;
+            }
+            for site in &self.m.allocating {
+                let at = site.traceback.call_site();
+                write!(
+                    f,
+                    "\n  {} allocation{} at {} in {}",
+                    site.blocks,
+                    plural(site.blocks),
+                    at,
+                    at.function
+                )?;
+                for caller in callers(&site.traceback) {
+                    write!(f, "\n      {} in {}", caller, caller.function)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+    use crate::Error;
+
+    #[test]
+    fn sizes_parse_exactly() {
+        let cases = [
+            ("1024", 1024),
+            ("512 B", 512),
+            ("64 KiB", 65536),
+            ("64KiB", 65536),
+            ("1.5 MB", 1_500_000),
+            ("24 MiB", 24 << 20),
+            ("1 GB", 1_000_000_000),
+            ("0.5 KiB", 512),
+            (" 2 GiB ", 2 << 30),
+            ("1 TiB", 1 << 40),
+        ];
+        for (text, bytes) in cases {
+            assert_eq!(parse_size(text).unwrap(), bytes, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_errors_naming_the_string() {
+        for text in [
+            "12 parsecs",
+            "",
+            "MB",
+            "1.5.2 MB",
+            "0.3 B",
+            "1.5",
+            "-3 KB",
+            "24 mib",
+            "1e3",
+        ] {
+            let err = parse_size(text).unwrap_err();
+            assert!(matches!(err, Error::InvalidLimit { .. }), "{text}");
+            assert!(err.to_string().contains(&format!("{text:?}")), "{err}");
+        }
+    }
+}
