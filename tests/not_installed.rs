@@ -22,4 +22,14 @@ fn calls_without_the_tracer_installed_return_not_installed() {
     let v = Box::new([1u8; 100]);
     assert!(tracealloc::object_traceback(v.as_ptr()).is_none());
     assert_eq!(tracealloc::traced_memory().current, 0);
+    assert!(matches!(
+        tracealloc::try_measure(|| vec![0u8; 10]),
+        Err(Error::NotInstalled)
+    ));
+    let panicked = std::panic::catch_unwind(|| tracealloc::assert_no_alloc!(1 + 1)).unwrap_err();
+    let message = panicked.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("tracealloc::Tracer is not the global allocator"),
+        "{message}"
+    );
 }

@@ -70,6 +70,32 @@ fn sequential_blocks() {
 }
 
 #[test]
+fn boxes_and_strings() {
+    let (kept, m) = tracealloc::measure(|| {
+        let page = black_box(Box::new([0u8; 4096]));
+        drop(black_box(String::with_capacity(100)));
+        page
+    });
+    assert_eq!(figures(&m), (4196, 4196, 2, 4096));
+    drop(kept);
+}
+
+#[test]
+fn overlapping_lifetimes() {
+    let (kept, m) = tracealloc::measure(|| {
+        let a = bytes(1000);
+        let b = bytes(2000);
+        drop(a);
+        let c = bytes(3000);
+        drop(b);
+        let d = bytes(100);
+        (c, d)
+    });
+    assert_eq!(figures(&m), (5000, 6100, 4, 3100));
+    drop(kept);
+}
+
+#[test]
 fn nothing_allocated() {
     let (sum, m) = tracealloc::measure(|| (0..1000u64).sum::<u64>());
     assert_eq!(sum, 499_500);
@@ -316,5 +342,96 @@ fn failure_messages_name_the_lines() {
     assert!(
         msg.starts_with("tracealloc: invalid size limit \"12 parsecs\": unknown unit \"parsecs\""),
         "{msg}"
+    );
+}
+
+#[test]
+fn a_thread_started_elsewhere_can_enter_the_scope() {
+    let (to_worker, inbox) = std::sync::mpsc::sync_channel::<Option<tracealloc::Scope>>(1);
+    let (done, finished) = std::sync::mpsc::sync_channel::<()>(1);
+    let worker = std::thread::spawn(move || {
+        for scope in inbox {
+            let _in = scope.map(|s| s.enter());
+            let kept = bytes(4000);
+            drop(bytes(1000));
+            drop(kept);
+            done.send(()).unwrap();
+        }
+    });
+    // One round outside any scope first: a thread's first blocking receive allocates.
+    to_worker.send(None).unwrap();
+    finished.recv().unwrap();
+    let ((), m) = tracealloc::measure(|| {
+        to_worker.send(tracealloc::Scope::current()).unwrap();
+        finished.recv().unwrap();
+    });
+    assert_eq!(figures(&m), (5000, 5000, 2, 0));
+    drop(to_worker);
+    worker.join().unwrap();
+}
+
+const SMALL_LINE: u32 = line!() + 3;
+#[inline(never)]
+fn small(n: usize) -> Vec<u16> {
+    black_box(vec![7u16; n])
+}
+
+#[test]
+fn the_site_list_is_ordered_by_size() {
+    let (b, s) = (BYTES_LINE, SMALL_LINE);
+    let mut line = 0;
+    let msg = panic_message(|| {
+        line = line!() + 1;
+        tracealloc::assert_peak_below!(4096, (small(100), bytes(3000), small(1000), small(10)));
+    });
+    assert_eq!(
+        msg,
+        format!(
+            "tracealloc: peak 5220 B reached the limit 4096 B\n\
+             \x20 3000 B in 1 block at tests/scopes.rs:{b} in scopes::bytes\n\
+             \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}::{{{{closure}}}}\n\
+             \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}\n\
+             \x20 2220 B in 3 blocks at tests/scopes.rs:{s} in scopes::small\n\
+             \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}::{{{{closure}}}}\n\
+             \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}"
+        )
+    );
+}
+
+#[test]
+fn every_limit_string_error_is_verbatim() {
+    let cases = [
+        (
+            "12 parsecs",
+            "tracealloc: invalid size limit \"12 parsecs\": unknown unit \"parsecs\" (use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB)",
+        ),
+        (
+            "24 mib",
+            "tracealloc: invalid size limit \"24 mib\": unknown unit \"mib\" (use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB)",
+        ),
+        ("", "tracealloc: invalid size limit \"\": expected a number such as 64 or 1.5"),
+        ("MB", "tracealloc: invalid size limit \"MB\": expected a number such as 64 or 1.5"),
+        (
+            "1.5.2 MB",
+            "tracealloc: invalid size limit \"1.5.2 MB\": expected a number such as 64 or 1.5",
+        ),
+        ("0.3 B", "tracealloc: invalid size limit \"0.3 B\": not a whole number of bytes"),
+        (
+            "99999999999999999999 TiB",
+            "tracealloc: invalid size limit \"99999999999999999999 TiB\": larger than usize::MAX bytes",
+        ),
+    ];
+    for (limit, expected) in cases {
+        let msg = panic_message(|| {
+            tracealloc::assert_peak_below!(limit, bytes(1));
+        });
+        assert_eq!(msg, expected);
+    }
+    let msg = panic_message(|| {
+        tracealloc::assert_peak_below!(-5, bytes(1));
+    });
+    assert_eq!(
+        msg,
+        "tracealloc: invalid size limit \"-5\": a limit must be a number of bytes from 0 to usize::MAX"
     );
 }
