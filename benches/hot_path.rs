@@ -7,37 +7,13 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::HashMap;
-use std::hint::black_box;
+use std::alloc::{Layout, System};
 
 #[global_allocator]
 static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 
-#[inline(never)]
-fn pair<A: GlobalAlloc>(allocator: &A, layout: Layout) {
-    // SAFETY: a nonzero layout, freed right away with the same layout.
-    unsafe {
-        let p = allocator.alloc(black_box(layout));
-        black_box(p);
-        allocator.dealloc(p, layout);
-    }
-}
-
-/// Build and drop a `HashMap<String, Vec<u32>>` of 1000 entries: formatting, growth, reallocs.
-#[inline(never)]
-fn mixed_workload() -> usize {
-    let mut map: HashMap<String, Vec<u32>> = HashMap::new();
-    for i in 0..1000u32 {
-        let values = map.entry(format!("key-{}", i % 1000)).or_default();
-        for j in 0..(i % 16) {
-            values.push(j);
-        }
-    }
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort();
-    black_box(keys.len())
-}
+mod common;
+use common::{mixed_workload, pair};
 
 fn pairs(c: &mut Criterion) {
     let mut group = c.benchmark_group("pair");

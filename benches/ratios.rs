@@ -7,37 +7,14 @@
 //!
 //!     cargo bench --bench ratios            # ROUNDS=15 by default
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::HashMap;
-use std::hint::black_box;
+use std::alloc::{Layout, System};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
 static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 
-#[inline(never)]
-fn pair<A: GlobalAlloc>(allocator: &A, layout: Layout) {
-    // SAFETY: a nonzero layout, freed right away with the same layout.
-    unsafe {
-        let p = allocator.alloc(black_box(layout));
-        black_box(p);
-        allocator.dealloc(p, layout);
-    }
-}
-
-#[inline(never)]
-fn mixed_workload() -> usize {
-    let mut map: HashMap<String, Vec<u32>> = HashMap::new();
-    for i in 0..1000u32 {
-        let values = map.entry(format!("key-{}", i % 1000)).or_default();
-        for j in 0..(i % 16) {
-            values.push(j);
-        }
-    }
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort();
-    black_box(keys.len())
-}
+mod common;
+use common::{mixed_workload, pair};
 
 /// Best ns per call of `f` over a few short batches (~2 ms each).
 fn ns_per_op(mut f: impl FnMut(), iters: u64) -> f64 {

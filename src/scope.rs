@@ -81,6 +81,22 @@ struct ScopeData {
 }
 
 impl ScopeData {
+    fn new(parent: u32, root: u32) -> Self {
+        ScopeData {
+            parent,
+            root,
+            ended: false,
+            current: 0,
+            peak: 0,
+            allocated: 0,
+            allocations: 0,
+            rising: false,
+            commits: 0,
+            sites: HashMap::with_hasher_in(FxBuildHasher, MetaAlloc),
+            lost: 0,
+        }
+    }
+
     fn add(&mut self, stack: StackId, size: usize, new_block: bool) {
         self.current += size;
         if new_block {
@@ -179,22 +195,7 @@ pub(crate) fn open(parent: u32) -> Option<u32> {
         .get(&parent)
         .map_or(id, |p| if p.root == 0 { parent } else { p.root });
     registry.try_reserve(1).ok()?;
-    registry.insert(
-        id,
-        ScopeData {
-            parent,
-            root,
-            ended: false,
-            current: 0,
-            peak: 0,
-            allocated: 0,
-            allocations: 0,
-            rising: false,
-            commits: 0,
-            sites: HashMap::with_hasher_in(FxBuildHasher, MetaAlloc),
-            lost: 0,
-        },
-    );
+    registry.insert(id, ScopeData::new(parent, root));
     Some(id)
 }
 
@@ -287,22 +288,6 @@ pub(crate) fn close(id: u32) {
 mod tests {
     use super::*;
 
-    fn data() -> ScopeData {
-        ScopeData {
-            parent: 0,
-            root: 0,
-            ended: false,
-            current: 0,
-            peak: 0,
-            allocated: 0,
-            allocations: 0,
-            rising: false,
-            commits: 0,
-            sites: HashMap::with_hasher_in(FxBuildHasher, MetaAlloc),
-            lost: 0,
-        }
-    }
-
     fn at_peak(d: &ScopeData, stack: StackId) -> usize {
         let s = d.sites[&stack];
         if d.rising || s.stamp != d.commits {
@@ -316,7 +301,7 @@ mod tests {
     fn lazy_peak_attribution_matches_a_full_sweep() {
         // Random walk over 5 sites, compared with an eager model that copies all sites at
         // every new maximum.
-        let mut d = data();
+        let mut d = ScopeData::new(0, 0);
         let mut live: Vec<Vec<usize>> = vec![Vec::new(); 5];
         let mut model_peak_sites = [0usize; 5];
         let (mut model_current, mut model_peak) = (0usize, 0usize);

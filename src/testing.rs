@@ -169,19 +169,23 @@ fn plural(n: usize) -> &'static str {
 
 fn write_sites(f: &mut fmt::Formatter<'_>, sites: &[SiteUsage], unit: &str) -> fmt::Result {
     for site in sites {
-        let at = site.traceback.call_site();
-        write!(
-            f,
-            "\n  {} in {} {unit}{} at {} in {}",
+        let head = format!(
+            "{} in {} {unit}{}",
             size(site.size),
             site.blocks,
-            plural(site.blocks),
-            at,
-            at.function
-        )?;
-        for caller in callers(&site.traceback) {
-            write!(f, "\n      {} in {}", caller, caller.function)?;
-        }
+            plural(site.blocks)
+        );
+        write_site(f, &head, &site.traceback)?;
+    }
+    Ok(())
+}
+
+/// `  {head} at file:line in function`, then up to two callers in the program's own code.
+fn write_site(f: &mut fmt::Formatter<'_>, head: &str, traceback: &Traceback) -> fmt::Result {
+    let at = traceback.call_site();
+    write!(f, "\n  {head} at {at} in {}", at.function)?;
+    for caller in callers(traceback) {
+        write!(f, "\n      {caller} in {}", caller.function)?;
     }
     Ok(())
 }
@@ -482,18 +486,8 @@ pub mod __private {
                 )?;
             }
             for site in &self.m.allocating {
-                let at = site.traceback.call_site();
-                write!(
-                    f,
-                    "\n  {} allocation{} at {} in {}",
-                    site.blocks,
-                    plural(site.blocks),
-                    at,
-                    at.function
-                )?;
-                for caller in callers(&site.traceback) {
-                    write!(f, "\n      {} in {}", caller, caller.function)?;
-                }
+                let head = format!("{} allocation{}", site.blocks, plural(site.blocks));
+                write_site(f, &head, &site.traceback)?;
             }
             Ok(())
         }

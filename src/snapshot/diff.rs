@@ -1,6 +1,6 @@
 //! `compare_to`: what changed between two snapshots.
 
-use super::statistics::{write_key, GroupBy};
+use super::statistics::{write_average, write_key, GroupBy};
 use super::{Snapshot, Traceback};
 use crate::format::format_size;
 use std::collections::HashMap;
@@ -37,14 +37,7 @@ impl fmt::Display for StatisticDiff {
             self.count,
             self.count_diff
         )?;
-        if self.count > 0 {
-            write!(
-                f,
-                ", average={}",
-                format_size(self.size as f64 / self.count as f64, false)
-            )?;
-        }
-        Ok(())
+        write_average(f, self.size, self.count)
     }
 }
 

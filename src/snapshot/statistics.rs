@@ -45,15 +45,20 @@ impl fmt::Display for Statistic {
             format_size(self.size as f64, false),
             self.count
         )?;
-        if self.count > 0 {
-            write!(
-                f,
-                ", average={}",
-                format_size(self.size as f64 / self.count as f64, false)
-            )?;
-        }
-        Ok(())
+        write_average(f, self.size, self.count)
     }
+}
+
+/// `, average=…`, only when there are blocks (tracemalloc's rule).
+pub(crate) fn write_average(f: &mut fmt::Formatter<'_>, size: usize, count: usize) -> fmt::Result {
+    if count > 0 {
+        write!(
+            f,
+            ", average={}",
+            format_size(size as f64 / count as f64, false)
+        )?;
+    }
+    Ok(())
 }
 
 pub(crate) fn write_key(
@@ -98,31 +103,59 @@ impl GroupBy {
     }
 }
 
-fn sorted(
-    groups: HashMap<Vec<Frame>, (Traceback, usize, usize)>,
-    group_by: GroupBy,
-) -> Vec<Statistic> {
-    let mut stats: Vec<Statistic> = groups
-        .into_values()
-        .map(|(traceback, size, count)| Statistic {
-            traceback,
-            size,
-            count,
-            group_by,
-        })
-        .collect();
-    stats.sort_by(|a, b| {
-        (b.size, b.count)
-            .cmp(&(a.size, a.count))
-            .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
-    });
-    stats
+/// Statistics being summed, keyed by the frames they show: two stacks that differ only in
+/// trimmed allocator frames are one group, represented by the smallest of them (so the result
+/// does not depend on hash order).
+#[derive(Default)]
+struct Groups(HashMap<Vec<Frame>, (Traceback, usize, usize)>);
+
+impl Groups {
+    fn add(&mut self, key: Traceback, size: usize, count: usize) {
+        let slot = self
+            .0
+            .entry(key.frames().to_vec())
+            .or_insert_with(|| (key.clone(), 0, 0));
+        if key.all_frames() < slot.0.all_frames() {
+            slot.0 = key;
+        }
+        slot.1 += size;
+        slot.2 += count;
+    }
+
+    /// Biggest first: by size, then count, as tracemalloc sorts.
+    fn sorted(self, group_by: GroupBy) -> Vec<Statistic> {
+        let mut stats: Vec<Statistic> = self
+            .0
+            .into_values()
+            .map(|(traceback, size, count)| Statistic {
+                traceback,
+                size,
+                count,
+                group_by,
+            })
+            .collect();
+        stats.sort_by(|a, b| {
+            (b.size, b.count)
+                .cmp(&(a.size, a.count))
+                .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+        });
+        stats
+    }
 }
 
 impl Snapshot {
     /// Groups the traces, biggest first (by size, then count, as tracemalloc sorts).
     pub fn statistics(&self, group_by: GroupBy) -> Vec<Statistic> {
-        // Many traces share one Traceback (interned stacks): group those first, by pointer.
+        let mut groups = Groups::default();
+        for (traceback, size, count) in self.per_stack() {
+            groups.add(group_by.key(&traceback), size, count);
+        }
+        groups.sorted(group_by)
+    }
+
+    /// Size and count per distinct traceback. Many traces share one `Traceback` (interned
+    /// stacks), so this is the cheap first step of every grouping.
+    fn per_stack(&self) -> impl Iterator<Item = (Traceback, usize, usize)> {
         let mut by_stack: HashMap<*const Frame, (Traceback, usize, usize)> = HashMap::new();
         for trace in self.traces() {
             let slot = by_stack
@@ -131,22 +164,7 @@ impl Snapshot {
             slot.1 += trace.size;
             slot.2 += 1;
         }
-        // Groups are told apart by the frames they show (two stacks that differ only in the
-        // trimmed allocator frames are one group; the smallest stack represents them).
-        let mut groups: HashMap<Vec<Frame>, (Traceback, usize, usize)> = HashMap::new();
-        for (traceback, size, count) in by_stack.into_values() {
-            let key = group_by.key(&traceback);
-            let slot = groups
-                .entry(key.frames().to_vec())
-                .or_insert_with(|| (key.clone(), 0, 0));
-            // The representative must not depend on hash order: take the smallest stack.
-            if key.all_frames() < slot.0.all_frames() {
-                slot.0 = key;
-            }
-            slot.1 += size;
-            slot.2 += count;
-        }
-        sorted(groups, group_by)
+        by_stack.into_values()
     }
 
     /// Cumulative statistics: each trace counts toward every distinct key among the frames of
@@ -159,16 +177,8 @@ impl Snapshot {
         if group_by == GroupBy::Traceback {
             return self.statistics(group_by);
         }
-        let mut by_stack: HashMap<*const Frame, (Traceback, usize, usize)> = HashMap::new();
-        for trace in self.traces() {
-            let slot = by_stack
-                .entry(trace.traceback.frames().as_ptr())
-                .or_insert_with(|| (trace.traceback.clone(), 0, 0));
-            slot.1 += trace.size;
-            slot.2 += 1;
-        }
-        let mut groups: HashMap<Vec<Frame>, (Traceback, usize, usize)> = HashMap::new();
-        for (traceback, size, count) in by_stack.into_values() {
+        let mut groups = Groups::default();
+        for (traceback, size, count) in self.per_stack() {
             let mut keys: Vec<Traceback> = traceback
                 .frames()
                 .iter()
@@ -177,14 +187,10 @@ impl Snapshot {
             keys.sort_by(|a, b| a.frames().cmp(b.frames()));
             keys.dedup();
             for key in keys {
-                let slot = groups
-                    .entry(key.frames().to_vec())
-                    .or_insert_with(|| (key, 0, 0));
-                slot.1 += size;
-                slot.2 += count;
+                groups.add(key, size, count);
             }
         }
-        sorted(groups, group_by)
+        groups.sorted(group_by)
     }
 
     /// A printable top-`limit` report: notes, one line per group with its source line, the
