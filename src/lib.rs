@@ -48,6 +48,30 @@
 //! Release builds need line tables: `[profile.release] debug = "line-tables-only"`. Without
 //! them call sites show as `<unknown>:0` and [`Snapshot::notes`] says why.
 //!
+//! # Comparing and saving
+//!
+//! [`Snapshot::compare_to`] shows what grew between two snapshots, in tracemalloc's diff format;
+//! [`Snapshot::cumulative_statistics`] counts callees in their callers;
+//! [`Snapshot::filter_traces`] keeps or drops traces by file pattern; [`Snapshot::skip_frames`]
+//! moves call sites past your own allocation helpers; [`Snapshot::dump`] and
+//! [`Snapshot::load`] save a symbolized snapshot to open elsewhere.
+//!
+//! # Heap assertions in tests
+//!
+//! [`measure`] runs a closure in its own scope and returns what it did to the heap
+//! ([`Measurement`]), unaffected by other tests running on other threads; the macros
+//! [`assert_peak_below!`], [`assert_no_leaks!`], [`assert_allocations!`] and
+//! [`assert_no_alloc!`] fail with a report naming the lines responsible:
+//!
+//! ```no_run
+//! # #[global_allocator] static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+//! # fn parse(s: &str) -> Vec<String> { s.split(' ').map(String::from).collect() }
+//! let input = "a b c";
+//! let (words, m) = tracealloc::measure(|| parse(input));
+//! assert!(m.peak() < 64 * 1024, "{m}");
+//! let words = tracealloc::assert_peak_below!("64 KiB", parse(input));
+//! ```
+//!
 //! # Costs
 //!
 //! See the README's "Overhead" section and `benches/README.md` for measured figures.

@@ -206,3 +206,54 @@ pub(crate) fn reset_totals() {
         shard.allocated_blocks = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// The table against a `HashMap` model on a random sequence of inserts, removes and
+    /// lookups (the only unit test that touches the global table and counters).
+    #[test]
+    fn behaves_like_a_hash_map() {
+        let mut model: HashMap<usize, (usize, StackId)> = HashMap::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let ops = if cfg!(miri) { 500 } else { 200_000 };
+        let base = counters::current();
+        for _ in 0..ops {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Few distinct, 16-aligned addresses, so inserts over live ones and misses happen.
+            let address = 0x10_0000 + ((x >> 20) as usize % 4096) * 16;
+            let size = 1 + (x >> 40) as usize % 1000;
+            let stack = (x % 50) as StackId;
+            match x % 4 {
+                0 | 1 => {
+                    let stale = insert(address, size, stack, 0).expect("room");
+                    let before = model.insert(address, (size, stack));
+                    assert_eq!(stale.map(|e| (e.size, e.stack)), before);
+                }
+                2 => {
+                    let removed = remove(address).map(|e| (e.size, e.stack));
+                    assert_eq!(removed, model.remove(&address));
+                }
+                _ => {
+                    let got = get(address).map(|e| (e.size, e.stack));
+                    assert_eq!(got, model.get(&address).copied());
+                }
+            }
+        }
+        let held: usize = model.values().map(|v| v.0).sum();
+        assert_eq!(counters::current() - base, held);
+        let mut copy = Vec::new();
+        copy_into(&mut copy);
+        assert_eq!(copy.len(), model.len());
+        for e in &copy {
+            assert_eq!(model.get(&e.address), Some(&(e.size, e.stack)));
+        }
+        clear();
+        assert_eq!(counters::current(), base);
+        assert!(get(0x10_0000).is_none());
+    }
+}
