@@ -78,6 +78,7 @@
 
 mod control;
 mod counters;
+mod environment;
 mod error;
 mod format;
 mod guard;
@@ -96,6 +97,7 @@ pub use control::{
     capture_mode, clear_traces, is_tracing, object_traceback, reset_peak, start, stop,
     take_snapshot, traceback_limit, traced_memory, tracer_allocations, tracer_memory, TracedMemory,
 };
+pub use environment::{process_memory, ProcessMemory};
 pub use error::Error;
 pub use format::format_size;
 pub use snapshot::{

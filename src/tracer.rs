@@ -128,10 +128,13 @@ impl<A> Tracer<A> {
     #[cold]
     #[inline(never)]
     fn first_use(&self) -> bool {
-        set_limit(self.frames);
         let wanted = if self.start_stopped { OFF } else { ON };
         match STATUS.compare_exchange(UNINIT, wanted, Relaxed, Relaxed) {
-            Ok(_) => wanted == ON,
+            Ok(_) => {
+                let from_environment = crate::environment::read_at_startup();
+                set_limit(from_environment.unwrap_or(self.frames));
+                wanted == ON
+            }
             Err(now) => now == ON,
         }
     }

@@ -91,7 +91,7 @@ fn calibrate(buf: &mut [MaybeUninit<usize>]) -> usize {
 }
 
 /// Writes a message to stderr without allocating or taking std's stderr lock.
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     // SAFETY: writes `msg.len()` initialized bytes from a live &str to fd 2; a failed or short
     // write only loses the message.
     unsafe {

@@ -1,0 +1,154 @@
+//! Environment switches read once, at the first allocation (like `PYTHONTRACEMALLOC`):
+//!
+//! - `TRACEALLOC_FRAMES=N`: the traceback limit (1..=256).
+//! - `TRACEALLOC_REPORT=N`: at exit, print the top N lines, current and peak traced memory and
+//!   the process's peak resident memory to stderr.
+//! - `TRACEALLOC_DUMP=path`: at exit, write a snapshot to `path` (see `Snapshot::load`).
+//!
+//! The exit work runs from an `atexit` handler: after `main` returns and on
+//! `std::process::exit`, not on `abort`, a fatal signal or `SIGKILL`. Reading happens inside
+//! the allocator, so it uses `getenv` and fixed buffers: nothing here allocates. A bad value
+//! costs one warning line on stderr and is otherwise ignored.
+
+use crate::stack::capture::say;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+
+static REPORT_LINES: AtomicUsize = AtomicUsize::new(0);
+static DUMP_PATH: Mutex<([u8; 4096], usize)> = Mutex::new(([0; 4096], 0));
+static REGISTERED: AtomicBool = AtomicBool::new(false);
+
+fn var(name: &CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string that
+    // stays valid as long as the environment is not modified for that name, and we copy what
+    // we keep before returning to the program.
+    unsafe {
+        let value = libc::getenv(name.as_ptr());
+        (!value.is_null()).then(|| CStr::from_ptr(value).to_bytes())
+    }
+}
+
+fn number(bytes: &[u8]) -> Option<usize> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+}
+
+/// Reads the switches; returns the traceback limit they ask for, if any.
+pub(crate) fn read_at_startup() -> Option<usize> {
+    let mut frames = None;
+    if let Some(value) = var(c"TRACEALLOC_FRAMES") {
+        match number(value) {
+            Some(n) if (1..=crate::tracer::MAX_FRAMES).contains(&n) => frames = Some(n),
+            _ => say("tracealloc: ignoring TRACEALLOC_FRAMES: expected a number from 1 to 256\n"),
+        }
+    }
+    if let Some(value) = var(c"TRACEALLOC_REPORT") {
+        match number(value) {
+            Some(n) if n > 0 => REPORT_LINES.store(n, Relaxed),
+            _ => say(
+                "tracealloc: ignoring TRACEALLOC_REPORT: expected a number of lines (1 or more)\n",
+            ),
+        }
+    }
+    if let Some(value) = var(c"TRACEALLOC_DUMP") {
+        let mut path = DUMP_PATH.lock().unwrap_or_else(|p| p.into_inner());
+        if value.is_empty() || value.len() > path.0.len() {
+            say(
+                "tracealloc: ignoring TRACEALLOC_DUMP: expected a file path (at most 4096 bytes)\n",
+            );
+        } else {
+            path.0[..value.len()].copy_from_slice(value);
+            path.1 = value.len();
+        }
+    }
+    let wanted =
+        REPORT_LINES.load(Relaxed) > 0 || DUMP_PATH.lock().map(|p| p.1 > 0).unwrap_or(false);
+    if wanted && !REGISTERED.swap(true, Relaxed) {
+        // SAFETY: registers a function with the C signature atexit expects; it never unwinds
+        // (see `at_exit`).
+        if unsafe { libc::atexit(at_exit) } != 0 {
+            say("tracealloc: could not register the exit report\n");
+        }
+    }
+    frames
+}
+
+extern "C" fn at_exit() {
+    // Never unwind into C.
+    let _ = std::panic::catch_unwind(exit_work);
+}
+
+fn exit_work() {
+    use std::io::Write;
+    let lines = REPORT_LINES.load(Relaxed);
+    let path = {
+        let path = DUMP_PATH.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&path.0[..path.1]).into_owned()
+    };
+    let snapshot = match crate::take_snapshot() {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "tracealloc: no exit report: {e}");
+            return;
+        }
+    };
+    if !path.is_empty() {
+        if let Err(e) = snapshot.dump(&path) {
+            let _ = writeln!(std::io::stderr(), "tracealloc: TRACEALLOC_DUMP: {e}");
+        }
+    }
+    if lines > 0 {
+        let memory = crate::traced_memory();
+        let mut text = format!(
+            "tracealloc: top {lines} lines at exit\n{}\n",
+            snapshot.report(crate::GroupBy::Line, lines)
+        );
+        text += &format!(
+            "tracealloc: traced memory at exit {}, peak {}",
+            crate::format_size(memory.current as f64, false),
+            crate::format_size(memory.peak as f64, false)
+        );
+        match crate::process_memory() {
+            Some(process) => {
+                text += &format!(
+                    "; process resident {}, peak resident {} ({:.0}% of it traced at the peak)\n",
+                    crate::format_size(process.resident as f64, false),
+                    crate::format_size(process.peak_resident as f64, false),
+                    100.0 * memory.peak as f64 / process.peak_resident.max(1) as f64
+                )
+            }
+            None => text += "\n",
+        }
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    }
+}
+
+/// The process's resident memory, as the operating system counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessMemory {
+    /// Bytes resident now (`VmRSS`).
+    pub resident: usize,
+    /// Most bytes ever resident (`VmHWM`).
+    pub peak_resident: usize,
+}
+
+/// Resident and peak resident bytes of this process, from `/proc/self/status` on Linux;
+/// `None` elsewhere or when it cannot be read (never a made-up value).
+pub fn process_memory() -> Option<ProcessMemory> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<usize> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: usize = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        kib.checked_mul(1024)
+    };
+    Some(ProcessMemory {
+        resident: field("VmRSS:")?,
+        peak_resident: field("VmHWM:")?,
+    })
+}

@@ -1,0 +1,140 @@
+//! The environment switches: the test re-runs its own binary as a child with
+//! `TRACEALLOC_REPORT`, `TRACEALLOC_DUMP` and `TRACEALLOC_FRAMES` set, and reads what the child
+//! printed and wrote at exit.
+
+use std::process::Command;
+
+#[global_allocator]
+static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+
+/// Runs only in the child: allocates, then leaves through `main` or `process::exit`.
+#[test]
+fn child_workload() {
+    let Ok(how) = std::env::var("EXIT_REPORT_CHILD") else {
+        return;
+    };
+    let (kept, line) = (vec![7u8; 3_333_333], line!());
+    std::mem::forget(kept);
+    println!("kept at line {line}");
+    if how == "exit" {
+        std::process::exit(0);
+    }
+}
+
+fn run_child(how: &str, envs: &[(&str, &str)]) -> (String, String) {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "--exact",
+            "child_workload",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("EXIT_REPORT_CHILD", how)
+        .env_remove("TRACEALLOC_REPORT")
+        .env_remove("TRACEALLOC_DUMP")
+        .env_remove("TRACEALLOC_FRAMES");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn kept_line(stdout: &str) -> u32 {
+    let at = stdout.find("kept at line ").expect("the child ran") + "kept at line ".len();
+    stdout[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn report_at_exit_after_main_returns_and_after_process_exit() {
+    for how in ["return", "exit"] {
+        let (stdout, stderr) = run_child(how, &[("TRACEALLOC_REPORT", "5")]);
+        let line = kept_line(&stdout);
+        assert!(
+            stderr.contains("tracealloc: top 5 lines at exit"),
+            "{how}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "tests/exit_report.rs:{line}: size=3255 KiB, count=1, average=3255 KiB"
+            )),
+            "{how}: {stderr}"
+        );
+        assert!(
+            stderr.contains("tracealloc: traced memory at exit"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("peak resident"), "{stderr}");
+    }
+}
+
+#[test]
+fn dump_at_exit_loads() {
+    let path =
+        std::env::temp_dir().join(format!("tracealloc-exit-{}.tracealloc", std::process::id()));
+    let (stdout, stderr) = run_child(
+        "exit",
+        &[
+            ("TRACEALLOC_DUMP", path.to_str().unwrap()),
+            ("TRACEALLOC_FRAMES", "3"),
+        ],
+    );
+    assert!(!stderr.contains("top"), "no report unless asked: {stderr}");
+    let line = kept_line(&stdout);
+    let snapshot = tracealloc::Snapshot::load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(snapshot.traceback_limit(), 3, "TRACEALLOC_FRAMES applies");
+    let stat = snapshot
+        .statistics(tracealloc::GroupBy::Line)
+        .into_iter()
+        .find(|s| s.traceback.call_site().lineno == line)
+        .expect("the kept block");
+    assert_eq!((stat.size, stat.count), (3_333_333, 1));
+}
+
+#[test]
+fn bad_values_warn_once_and_the_program_runs_on() {
+    let (stdout, stderr) = run_child(
+        "return",
+        &[("TRACEALLOC_FRAMES", "lots"), ("TRACEALLOC_REPORT", "-1")],
+    );
+    kept_line(&stdout);
+    assert_eq!(
+        stderr
+            .matches("tracealloc: ignoring TRACEALLOC_FRAMES: expected a number from 1 to 256")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches(
+                "tracealloc: ignoring TRACEALLOC_REPORT: expected a number of lines (1 or more)"
+            )
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("lines at exit"));
+}
+
+#[test]
+fn process_memory_is_real_on_linux() {
+    if cfg!(target_os = "linux") {
+        let memory = tracealloc::process_memory().expect("/proc/self/status");
+        assert!(memory.resident > 0 && memory.peak_resident >= memory.resident);
+    } else {
+        assert!(tracealloc::process_memory().is_none());
+    }
+}
