@@ -104,9 +104,10 @@ fn exit_work() {
             snapshot.report(crate::GroupBy::Line, lines)
         );
         text += &format!(
-            "tracealloc: traced memory at exit {}, peak {}",
+            "tracealloc: traced memory at exit {}, peak {}; tracer tables {}",
             crate::format_size(memory.current as f64, false),
-            crate::format_size(memory.peak as f64, false)
+            crate::format_size(memory.peak as f64, false),
+            crate::format_size(crate::tracer_memory() as f64, false)
         );
         match crate::process_memory() {
             Some(process) => {
