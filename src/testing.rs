@@ -146,6 +146,10 @@ impl fmt::Display for Measurement {
             plural(self.allocations as usize),
             size(self.retained)
         )?;
+        if self.lost > 0 {
+            // Only when the tracer ran out of memory for its own site table.
+            write!(f, " ({} site updates lost: out of memory)", self.lost)?;
+        }
         if !self.at_peak.is_empty() {
             writeln!(f)?;
             write!(f, "  live at the peak:")?;
