@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+static LOST_RELEASES: AtomicU64 = AtomicU64::new(0);
 
 #[inline]
 pub(crate) fn added(size: usize) {
@@ -38,6 +39,16 @@ pub(crate) fn dropped() {
     DROPPED.fetch_add(1, Relaxed);
 }
 
+/// A freed block whose per-stack allocation total could not be kept (out of memory).
+#[cold]
+pub(crate) fn lost_release() {
+    LOST_RELEASES.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn lost_releases() -> u64 {
+    LOST_RELEASES.load(Relaxed)
+}
+
 pub(crate) fn current() -> usize {
     CURRENT.load(Relaxed)
 }
@@ -57,4 +68,5 @@ pub(crate) fn reset_peak() {
 /// Zeroes the dropped count (at `start`); totals live in the table's shards.
 pub(crate) fn reset_dropped() {
     DROPPED.store(0, Relaxed);
+    LOST_RELEASES.store(0, Relaxed);
 }

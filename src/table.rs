@@ -36,9 +36,21 @@ pub(crate) struct Entry {
     pub(crate) scope: u32,
 }
 
+/// What one stack allocated in one shard and no longer holds there (freed, reallocated, or
+/// dropped from the table by `clear`). Allocation totals per stack are live + released, so the
+/// hot path pays one probe of a small table under the lock it already holds, and no atomic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Released {
+    pub(crate) stack: StackId,
+    pub(crate) bytes: u64,
+    pub(crate) blocks: u64,
+}
+
 #[derive(Debug)]
 struct Shard {
     live: HashTable<Entry, MetaAlloc>,
+    /// Per stack, what this shard recorded and no longer holds.
+    released: HashTable<Released, MetaAlloc>,
     /// Bytes and blocks recorded in this shard since the totals were last reset.
     allocated_bytes: u64,
     allocated_blocks: u64,
@@ -48,10 +60,54 @@ impl Shard {
     const fn new() -> Self {
         Shard {
             live: HashTable::new_in(MetaAlloc),
+            released: HashTable::new_in(MetaAlloc),
             allocated_bytes: 0,
             allocated_blocks: 0,
         }
     }
+
+    /// Adds (or, with `add` false, takes back) one released block of `stack`.
+    #[inline]
+    fn release(&mut self, stack: StackId, size: usize, add: bool) {
+        let h = stack_hash(stack);
+        if let Some(r) = self.released.find_mut(h, |r| r.stack == stack) {
+            if add {
+                r.bytes += size as u64;
+                r.blocks += 1;
+            } else {
+                r.bytes -= size as u64;
+                r.blocks -= 1;
+            }
+            return;
+        }
+        if !add {
+            return;
+        }
+        if self
+            .released
+            .try_reserve(1, |r| stack_hash(r.stack))
+            .is_err()
+        {
+            counters::lost_release();
+            return;
+        }
+        self.released.insert_unique(
+            h,
+            Released {
+                stack,
+                bytes: size as u64,
+                blocks: 1,
+            },
+            |r| stack_hash(r.stack),
+        );
+    }
+}
+
+#[inline]
+fn stack_hash(stack: StackId) -> u64 {
+    (stack as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(26)
 }
 
 static SHARDS_TABLE: [Padded<SpinLock<Shard>>; SHARDS] =
@@ -106,6 +162,7 @@ pub(crate) fn insert(
             stack,
             scope,
         };
+        shard.release(old.stack, old.size, true);
         counters::added(size);
         return Ok(Some(old));
     }
@@ -132,6 +189,7 @@ pub(crate) fn restore(entry: Entry) {
     let (mut shard, h) = locate(entry.address);
     if shard.live.try_reserve(1, rehash).is_ok() {
         shard.live.insert_unique(h, entry, rehash);
+        shard.release(entry.stack, entry.size, false);
         counters::restored(entry.size);
     }
 }
@@ -145,6 +203,7 @@ pub(crate) fn remove(address: usize) -> Option<Entry> {
         .find_entry(h, |e| e.address == address)
         .ok()?
         .remove();
+    shard.release(entry.stack, entry.size, true);
     counters::removed(entry.size);
     Some(entry)
 }
@@ -173,6 +232,22 @@ pub(crate) fn copy_into(out: &mut Vec<Entry>) {
     }
 }
 
+/// Appends every shard's released totals (one record per stack and shard; the caller adds
+/// them up by stack).
+pub(crate) fn copy_released_into(out: &mut Vec<Released>) {
+    for shard in &SHARDS_TABLE {
+        loop {
+            let len = lock(shard).released.len();
+            out.reserve(len + len / 8 + 16);
+            let shard = lock(shard);
+            if shard.released.len() <= out.capacity() - out.len() {
+                out.extend(shard.released.iter().copied());
+                break;
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn lock(shard: &Padded<SpinLock<Shard>>) -> SpinGuard<'_, Shard> {
     shard.0.lock()
@@ -182,8 +257,14 @@ fn lock(shard: &Padded<SpinLock<Shard>>) -> SpinGuard<'_, Shard> {
 pub(crate) fn clear() {
     for shard in &SHARDS_TABLE {
         let mut shard = lock(shard);
-        let held: usize = shard.live.iter().map(|e| e.size).sum();
-        shard.live = HashTable::new_in(MetaAlloc);
+        let live = std::mem::replace(&mut shard.live, HashTable::new_in(MetaAlloc));
+        let mut held = 0;
+        for e in &live {
+            held += e.size;
+            shard.release(e.stack, e.size, true);
+        }
+        // Freeing `live` under the lock is safe: it goes to `System`, never to the tracer.
+        drop(live);
         counters::removed(held);
     }
 }
@@ -204,6 +285,7 @@ pub(crate) fn reset_totals() {
         let mut shard = lock(shard);
         shard.allocated_bytes = 0;
         shard.allocated_blocks = 0;
+        shard.released = HashTable::new_in(MetaAlloc);
     }
 }
 
@@ -216,6 +298,7 @@ mod tests {
     /// lookups (the only unit test that touches the global table and counters).
     #[test]
     fn behaves_like_a_hash_map() {
+        reset_totals();
         let mut model: HashMap<usize, (usize, StackId)> = HashMap::new();
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let ops = if cfg!(miri) { 500 } else { 200_000 };
@@ -246,6 +329,11 @@ mod tests {
         }
         let held: usize = model.values().map(|v| v.0).sum();
         assert_eq!(counters::current() - base, held);
+        // Allocation totals per stack: live + released adds up to what was allocated.
+        let mut released = Vec::new();
+        copy_released_into(&mut released);
+        let released: u64 = released.iter().map(|r| r.bytes).sum();
+        assert_eq!(released + held as u64, totals().0);
         let mut copy = Vec::new();
         copy_into(&mut copy);
         assert_eq!(copy.len(), model.len());

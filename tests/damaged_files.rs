@@ -14,8 +14,24 @@ fn load(name: &str) -> Result<Snapshot, Error> {
 }
 
 #[test]
+fn a_version_1_file_loads_without_allocation_totals() {
+    let snapshot = load("valid_v1.tracealloc").unwrap();
+    assert_eq!(snapshot.total_size(), 2112);
+    assert!(!snapshot.has_allocation_totals());
+    assert_eq!(snapshot.allocated_total(), None);
+    assert!(snapshot.allocation_statistics(GroupBy::Line).is_none());
+}
+
+#[test]
 fn the_independently_written_valid_file_loads() {
     let snapshot = load("valid.tracealloc").unwrap();
+    // 2 live blocks (2112 B) and 3 released ones (4096 B) from the same stack.
+    assert_eq!(snapshot.allocated_total(), Some((2112 + 4096, 5)));
+    let allocated = snapshot.allocation_statistics(GroupBy::Line).unwrap();
+    assert_eq!(
+        allocated[0].to_string(),
+        "src/main.rs:41: size=6208 B, count=5, average=1242 B"
+    );
     assert_eq!(snapshot.traces().len(), 2);
     assert_eq!(snapshot.total_size(), 2112);
     assert_eq!(snapshot.traceback_limit(), 16);
@@ -107,6 +123,27 @@ fn every_damaged_file_gets_its_own_error() {
             0,
             "a trace's traceback: index 3 out of range (only 1)",
         ),
+        (
+            "bad_totals_flag.bin",
+            0,
+            "allocation-totals flag 5 is neither 0 nor 1",
+        ),
+        ("zero_block_total.bin", 0, "an allocation total of 0 blocks"),
+        (
+            "total_traceback_out_of_range.bin",
+            0,
+            "a total's traceback: index 7 out of range (only 1)",
+        ),
+        (
+            "totals_overflow.bin",
+            0,
+            "the allocation totals overflow 64 bits",
+        ),
+        (
+            "v1_with_totals.bin",
+            0,
+            "bytes left over after the last trace",
+        ),
     ];
     let mut problems = std::collections::HashSet::new();
     for &(name, offset, expected) in cases {
@@ -155,9 +192,18 @@ fn every_damaged_file_gets_its_own_error() {
 
 #[test]
 fn every_truncation_and_every_flipped_byte_is_an_error_not_a_panic() {
-    let valid =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/damaged/valid.tracealloc"))
-            .unwrap();
+    for name in ["valid.tracealloc", "valid_v1.tracealloc"] {
+        damage_every_way(name);
+    }
+}
+
+fn damage_every_way(name: &str) {
+    let valid = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/damaged")
+            .join(name),
+    )
+    .unwrap();
     for len in 0..valid.len() {
         assert!(
             Snapshot::from_bytes(&valid[..len]).is_err(),

@@ -49,8 +49,9 @@ fn run(
     go: &Barrier,
     mid: &Barrier,
     resume: &Barrier,
-) -> usize {
+) -> (usize, u64, u64) {
     let mut rng = Rng(seed);
+    let (mut allocated_bytes, mut allocated_blocks) = (0u64, 0u64);
     ready.wait();
     go.wait();
     let mut held_at_mid = 0;
@@ -72,6 +73,8 @@ fn run(
                 assert!(!p.is_null());
                 p.write_bytes(0xA5, size.min(16));
                 live.slots[slot] = (p as usize, size);
+                allocated_bytes += size as u64;
+                allocated_blocks += 1;
             } else if rng.next() % 2 == 0 {
                 let new_size = rng.size();
                 let p = realloc(
@@ -81,6 +84,8 @@ fn run(
                 );
                 assert!(!p.is_null());
                 live.slots[slot] = (p as usize, new_size);
+                allocated_bytes += new_size as u64;
+                allocated_blocks += 1;
             } else {
                 dealloc(
                     address as *mut u8,
@@ -90,7 +95,7 @@ fn run(
             }
         }
     }
-    held_at_mid
+    (held_at_mid, allocated_bytes, allocated_blocks)
 }
 
 #[test]
@@ -118,7 +123,7 @@ fn counters_and_snapshot_are_exact_under_threads() {
             })
         })
         .collect();
-    let mut results: Vec<(Live, usize)> = Vec::with_capacity(THREADS);
+    let mut results: Vec<(Live, (usize, u64, u64))> = Vec::with_capacity(THREADS);
     ready.wait();
     // From here on, the only traced allocations are the workers' (and their thread exits).
     tracealloc::clear_traces();
@@ -132,7 +137,9 @@ fn counters_and_snapshot_are_exact_under_threads() {
     }
 
     let held: usize = results.iter().map(|(l, _)| l.held()).sum();
-    let held_at_mid: usize = results.iter().map(|(_, m)| m).sum();
+    let held_at_mid: usize = results.iter().map(|(_, m)| m.0).sum();
+    let run_bytes: u64 = results.iter().map(|(_, m)| m.1).sum();
+    let run_blocks: u64 = results.iter().map(|(_, m)| m.2).sum();
     let blocks: usize = results
         .iter()
         .map(|(l, _)| l.slots.iter().filter(|s| s.0 != 0).count())
@@ -162,6 +169,25 @@ fn counters_and_snapshot_are_exact_under_threads() {
     traced.sort_unstable();
     expected.sort_unstable();
     assert_eq!(traced, expected, "the same block sizes");
+    // Allocation totals per site: everything `run` allocated (reallocations count as new
+    // blocks), live or long freed, and nothing else.
+    let by_function = snapshot
+        .allocation_statistics(tracealloc::GroupBy::Function)
+        .expect("a live snapshot knows its allocation totals");
+    let in_run: Vec<_> = by_function
+        .iter()
+        .filter(|s| s.traceback.call_site().function.ends_with("run"))
+        .collect();
+    assert_eq!(in_run.len(), 1, "{by_function:#?}");
+    assert_eq!(
+        (in_run[0].size as u64, in_run[0].count as u64),
+        (run_bytes, run_blocks),
+        "allocation totals of `run`"
+    );
+    let (all_bytes, all_blocks) = snapshot.allocated_total().unwrap();
+    assert!(all_bytes >= run_bytes && all_blocks >= run_blocks);
+    drop(in_run);
+    drop(by_function);
     drop((traced, expected, snapshot));
     for (live, _) in &results {
         for &(address, size) in live.slots.iter().filter(|s| s.0 != 0) {

@@ -1,9 +1,8 @@
 //! Filters (tracemalloc's `Filter`) and moving the call site (`skip_frames`).
 
-use super::{Frame, Snapshot, Trace, Traceback};
+use super::{Frame, Snapshot, Traceback};
 use crate::error::Error;
 use glob::{MatchOptions, Pattern};
-use std::collections::HashMap;
 
 const MATCH: MatchOptions = MatchOptions {
     case_sensitive: true,
@@ -118,22 +117,11 @@ impl Snapshot {
     pub fn filter_traces(&self, filters: &[Filter]) -> Snapshot {
         let (include, exclude): (Vec<&Filter>, Vec<&Filter>) =
             filters.iter().partition(|f| f.inclusive);
-        // Many traces share a traceback: decide once per traceback.
-        let mut verdicts: HashMap<*const Frame, bool> = HashMap::new();
-        let traces = self
-            .traces()
-            .iter()
-            .filter(|t| {
-                *verdicts
-                    .entry(t.traceback.frames().as_ptr())
-                    .or_insert_with(|| {
-                        (include.is_empty() || include.iter().any(|f| f.matches(&t.traceback)))
-                            && !exclude.iter().any(|f| f.matches(&t.traceback))
-                    })
-            })
-            .cloned()
-            .collect();
-        self.with_traces(traces)
+        self.map_tracebacks(|t| {
+            ((include.is_empty() || include.iter().any(|f| f.matches(t)))
+                && !exclude.iter().any(|f| f.matches(t)))
+            .then(|| t.clone())
+        })
     }
 
     /// A new snapshot in which every traceback's call site is moved past the frames whose file
@@ -155,30 +143,15 @@ impl Snapshot {
                 .iter()
                 .any(|p| p.matches(f) || p.pattern.matches_with(&f.function, MATCH))
         };
-        let mut moved: HashMap<*const Frame, Traceback> = HashMap::new();
-        let traces = self
-            .traces()
-            .iter()
-            .map(|t| {
-                let traceback = moved
-                    .entry(t.traceback.frames().as_ptr())
-                    .or_insert_with(|| {
-                        let (call_site, _, _) = t.traceback.parts();
-                        let rest = &t.traceback.all_frames()[call_site..];
-                        let outward = rest.iter().take_while(|f| skipped(f)).count();
-                        if outward == 0 {
-                            t.traceback.clone()
-                        } else {
-                            t.traceback.moved_outward(outward.min(rest.len() - 1))
-                        }
-                    })
-                    .clone();
-                Trace {
-                    size: t.size,
-                    traceback,
-                }
+        Ok(self.map_tracebacks(|t| {
+            let (call_site, _, _) = t.parts();
+            let rest = &t.all_frames()[call_site..];
+            let outward = rest.iter().take_while(|f| skipped(f)).count();
+            Some(if outward == 0 {
+                t.clone()
+            } else {
+                t.moved_outward(outward.min(rest.len() - 1))
             })
-            .collect();
-        Ok(self.with_traces(traces))
+        }))
     }
 }

@@ -40,10 +40,32 @@ impl std::fmt::Display for Trace {
     }
 }
 
+/// What one stack allocated and no longer holds (freed, reallocated, or cleared from the
+/// table), summed since tracing started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Released {
+    pub(crate) bytes: u64,
+    pub(crate) blocks: u64,
+    pub(crate) traceback: Traceback,
+}
+
+/// Live and total figures of one stack (see [`Snapshot::per_stack_totals`]).
+#[derive(Clone, Debug)]
+pub(crate) struct StackTotals {
+    pub(crate) traceback: Traceback,
+    pub(crate) live_bytes: u64,
+    pub(crate) live_blocks: u64,
+    /// Bytes and blocks allocated since tracing started, the live ones included; `None` when
+    /// the snapshot does not know (a file written by version 1 of the format).
+    pub(crate) total: Option<(u64, u64)>,
+}
+
 /// The traces live at one moment, with their stacks symbolized.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     traces: Vec<Trace>,
+    /// Per stack, what was allocated and is no longer live; `None` when unknown.
+    released: Option<Vec<Released>>,
     traceback_limit: usize,
     capture_mode: CaptureMode,
     call_sites_without_lines: usize,
@@ -79,27 +101,110 @@ impl Snapshot {
     ) -> Snapshot {
         Snapshot {
             traces,
+            released: Some(Vec::new()),
             traceback_limit,
             capture_mode,
             call_sites_without_lines: 0,
         }
     }
 
-    /// A snapshot with the same settings and other traces.
-    pub(crate) fn with_traces(&self, traces: Vec<Trace>) -> Snapshot {
+    /// The same snapshot with every traceback (of live traces and of allocation totals)
+    /// replaced by `f`'s answer, or dropped when `f` answers `None`. `f` runs once per distinct
+    /// traceback.
+    pub(crate) fn map_tracebacks(
+        &self,
+        mut f: impl FnMut(&Traceback) -> Option<Traceback>,
+    ) -> Snapshot {
+        let mut memo: HashMap<*const Frame, Option<Traceback>> = HashMap::new();
+        let mut one = |t: &Traceback| {
+            memo.entry(t.frames().as_ptr())
+                .or_insert_with(|| f(t))
+                .clone()
+        };
+        let traces = self
+            .traces
+            .iter()
+            .filter_map(|t| {
+                one(&t.traceback).map(|traceback| Trace {
+                    size: t.size,
+                    traceback,
+                })
+            })
+            .collect();
+        let released = self.released.as_ref().map(|released| {
+            released
+                .iter()
+                .filter_map(|r| {
+                    one(&r.traceback).map(|traceback| Released {
+                        traceback,
+                        ..r.clone()
+                    })
+                })
+                .collect()
+        });
         Snapshot {
             traces,
-            ..self.clone_settings()
-        }
-    }
-
-    fn clone_settings(&self) -> Snapshot {
-        Snapshot {
-            traces: Vec::new(),
+            released,
             traceback_limit: self.traceback_limit,
             capture_mode: self.capture_mode,
             call_sites_without_lines: self.call_sites_without_lines,
         }
+    }
+
+    /// Whether the snapshot knows how much each stack allocated in all since tracing started
+    /// (snapshots taken by this version do; files written by format version 1 do not).
+    pub fn has_allocation_totals(&self) -> bool {
+        self.released.is_some()
+    }
+
+    /// Bytes and blocks allocated since tracing started (or since the last `start`), the live
+    /// ones included; `None` when the snapshot does not know.
+    pub fn allocated_total(&self) -> Option<(u64, u64)> {
+        let released = self.released.as_ref()?;
+        let (bytes, blocks) = released
+            .iter()
+            .fold((0u64, 0u64), |(b, n), r| (b + r.bytes, n + r.blocks));
+        Some((
+            bytes + self.total_size() as u64,
+            blocks + self.traces.len() as u64,
+        ))
+    }
+
+    /// Live and total figures per distinct traceback, in no particular order.
+    pub(crate) fn per_stack_totals(&self) -> Vec<StackTotals> {
+        let mut by_stack: HashMap<*const Frame, StackTotals> = HashMap::new();
+        let known = self.released.is_some();
+        for trace in &self.traces {
+            let slot = by_stack
+                .entry(trace.traceback.frames().as_ptr())
+                .or_insert_with(|| StackTotals {
+                    traceback: trace.traceback.clone(),
+                    live_bytes: 0,
+                    live_blocks: 0,
+                    total: known.then_some((0, 0)),
+                });
+            slot.live_bytes += trace.size as u64;
+            slot.live_blocks += 1;
+            if let Some(total) = &mut slot.total {
+                total.0 += trace.size as u64;
+                total.1 += 1;
+            }
+        }
+        for r in self.released.iter().flatten() {
+            let slot = by_stack
+                .entry(r.traceback.frames().as_ptr())
+                .or_insert_with(|| StackTotals {
+                    traceback: r.traceback.clone(),
+                    live_bytes: 0,
+                    live_blocks: 0,
+                    total: Some((0, 0)),
+                });
+            if let Some(total) = &mut slot.total {
+                total.0 += r.bytes;
+                total.1 += r.blocks;
+            }
+        }
+        by_stack.into_values().collect()
     }
 
     /// Things the reader of a report must know: the slow capture fallback, missing line
@@ -128,8 +233,21 @@ impl Snapshot {
 pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
     let mut entries = Vec::new();
     table::copy_into(&mut entries);
+    let mut released_parts = Vec::new();
+    table::copy_released_into(&mut released_parts);
+    let mut released_by_stack: HashMap<StackId, (u64, u64)> = HashMap::new();
+    for r in &released_parts {
+        let slot = released_by_stack.entry(r.stack).or_default();
+        slot.0 += r.bytes;
+        slot.1 += r.blocks;
+    }
+    drop(released_parts);
 
-    let mut stack_ids: Vec<StackId> = entries.iter().map(|e| e.stack).collect();
+    let mut stack_ids: Vec<StackId> = entries
+        .iter()
+        .map(|e| e.stack)
+        .chain(released_by_stack.keys().copied())
+        .collect();
     stack_ids.sort_unstable();
     stack_ids.dedup();
 
@@ -173,8 +291,22 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
                 .unwrap_or_else(|| Traceback::from_frames(Vec::new())),
         })
         .collect();
+    let released = released_by_stack
+        .into_iter()
+        .filter(|&(_, (_, blocks))| blocks > 0)
+        .map(|(id, (bytes, blocks))| Released {
+            bytes,
+            blocks,
+            traceback: tracebacks
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| Traceback::from_frames(Vec::new())),
+        })
+        .collect();
     Snapshot {
         traces,
+        // A total lost for want of memory makes them all unknown, never silently low.
+        released: (crate::counters::lost_releases() == 0).then_some(released),
         traceback_limit,
         capture_mode: capture::mode(),
         call_sites_without_lines,

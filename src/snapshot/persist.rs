@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset 0   magic      8 bytes  "TRACEALC"
-//!        8   version    u32 LE   1
+//!        8   version    u32 LE   2 (version 1 files, without allocation totals, still load)
 //!        12  body_len   u64 LE   bytes of the body
 //!        20  crc32      u32 LE   CRC-32 of the body
 //!        24  body:
@@ -13,13 +13,17 @@
 //!            tracebacks u32 count, then (u32 nframes, u32 call_site, u32 limit, u8 truncated,
 //!                       nframes × u32 frame index), frames innermost first
 //!            traces     u64 count, then (u64 size, u32 traceback index)
+//!            version 2 only:
+//!            totals     u8 known (0 or 1); when 1: u64 count, then (u64 bytes, u64 blocks,
+//!                       u32 traceback index): per stack, what was allocated and is no longer
+//!                       live
 //! ```
 //!
 //! Loading checks everything (magic, version, length, checksum, every count against the bytes
 //! left, every index, UTF-8) and reports the first problem with its byte offset. It never
 //! reserves more memory than the remaining bytes could describe.
 
-use super::{Frame, Snapshot, Trace, Traceback};
+use super::{Frame, Released, Snapshot, Trace, Traceback};
 use crate::error::Error;
 use crate::stack::CaptureMode;
 use std::collections::HashMap;
@@ -27,7 +31,7 @@ use std::io::Write;
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"TRACEALC";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 24;
 
 impl Snapshot {
@@ -79,6 +83,16 @@ impl Snapshot {
                 });
             traces.push((trace.size as u64, id));
         }
+        let mut released: Vec<(u64, u64, u32)> = Vec::new();
+        for r in self.released.iter().flatten() {
+            let id = *traceback_ids
+                .entry(r.traceback.all_frames().as_ptr())
+                .or_insert_with(|| {
+                    tracebacks.push(&r.traceback);
+                    tracebacks.len() as u32 - 1
+                });
+            released.push((r.bytes, r.blocks, id));
+        }
         for traceback in &tracebacks {
             for frame in traceback.all_frames() {
                 frames.id(frame);
@@ -126,6 +140,15 @@ impl Snapshot {
             body.u64(size);
             body.u32(id);
         }
+        body.out.push(u8::from(self.released.is_some()));
+        if self.released.is_some() {
+            body.u64(released.len() as u64);
+            for &(bytes, blocks, id) in &released {
+                body.u64(bytes);
+                body.u64(blocks);
+                body.u32(id);
+            }
+        }
 
         let mut out = Vec::with_capacity(HEADER + body.out.len());
         out.extend_from_slice(MAGIC);
@@ -148,10 +171,12 @@ impl Snapshot {
             ));
         }
         let version = r.u32("the version")?;
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(corrupt(
                 8,
-                format!("unknown format version {version} (this build reads version {VERSION})"),
+                format!(
+                    "unknown format version {version} (this build reads versions 1 to {VERSION})"
+                ),
             ));
         }
         let body_len = r.u64("the body length")?;
@@ -282,6 +307,44 @@ impl Snapshot {
             let traceback = tracebacks[r.index(tracebacks.len(), "a trace's traceback")?].clone();
             traces.push(Trace { size, traceback });
         }
+        let released = if version >= 2 {
+            let known_at = r.pos;
+            match r.u8("the allocation-totals flag")? {
+                0 => None,
+                1 => {
+                    let n = r.count64("allocation totals", 20)?;
+                    let mut released = Vec::with_capacity(n);
+                    let mut sum: u64 = 0;
+                    for _ in 0..n {
+                        let at = r.pos;
+                        let bytes = r.u64("released bytes")?;
+                        let blocks = r.u64("released blocks")?;
+                        if blocks == 0 {
+                            return Err(corrupt(at as u64 + 8, "an allocation total of 0 blocks"));
+                        }
+                        sum = sum.checked_add(bytes).ok_or_else(|| {
+                            corrupt(at as u64, "the allocation totals overflow 64 bits")
+                        })?;
+                        let traceback =
+                            tracebacks[r.index(tracebacks.len(), "a total's traceback")?].clone();
+                        released.push(Released {
+                            bytes,
+                            blocks,
+                            traceback,
+                        });
+                    }
+                    Some(released)
+                }
+                other => {
+                    return Err(corrupt(
+                        known_at as u64,
+                        format!("allocation-totals flag {other} is neither 0 nor 1"),
+                    ))
+                }
+            }
+        } else {
+            None
+        };
         if r.pos != bytes.len() {
             return Err(corrupt(
                 r.pos as u64,
@@ -290,6 +353,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             traces,
+            released,
             traceback_limit: traceback_limit as usize,
             capture_mode,
             call_sites_without_lines,

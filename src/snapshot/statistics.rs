@@ -153,6 +153,24 @@ impl Snapshot {
         groups.sorted(group_by)
     }
 
+    /// Like [`statistics`](Self::statistics), but counting every block allocated since tracing
+    /// started (freed ones too), not only the live ones: where the allocation *traffic* comes
+    /// from, as DHAT's "total" and pprof's `alloc_space`. `None` when the snapshot does not
+    /// know (a file written in format version 1).
+    pub fn allocation_statistics(&self, group_by: GroupBy) -> Option<Vec<Statistic>> {
+        let mut groups = Groups::default();
+        for stack in self.per_stack_totals() {
+            let (bytes, blocks) = stack.total?;
+            groups.add(
+                group_by.key(&stack.traceback),
+                bytes as usize,
+                blocks as usize,
+            );
+        }
+        self.has_allocation_totals()
+            .then(|| groups.sorted(group_by))
+    }
+
     /// Size and count per distinct traceback. Many traces share one `Traceback` (interned
     /// stacks), so this is the cheap first step of every grouping.
     fn per_stack(&self) -> impl Iterator<Item = (Traceback, usize, usize)> {

@@ -13,7 +13,7 @@ def u32(v): return struct.pack("<I", v)
 def u64(v): return struct.pack("<Q", v)
 
 def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=None,
-         string_count=None, trace_count=None, raw_strings=None):
+         string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None):
     strings = strings if strings is not None else ["src/main.rs", "/home/u/app/src/main.rs", "app::parse", "app::main"]
     frames = frames if frames is not None else [(0, 1, 2, 41), (0, 1, 3, 12)]
     tracebacks = tracebacks if tracebacks is not None else [([0, 1], 0, 16, 0)]
@@ -32,6 +32,12 @@ def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=No
     out += u64(len(traces) if trace_count is None else trace_count)
     for size, tb in traces:
         out += u64(size) + u32(tb)
+    # Version 2: per-stack allocation totals (bytes, blocks, traceback) of released blocks.
+    if totals is not None:
+        out += u8(1 if totals_flag is None else totals_flag)
+        out += u64(len(totals))
+        for nbytes, blocks, tb in totals:
+            out += u64(nbytes) + u64(blocks) + u32(tb)
     return out
 
 def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
@@ -39,8 +45,10 @@ def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
             + u32(zlib.crc32(b) if crc is None else crc) + b)
 
 valid = file(body())
+TOTALS = [(4096, 3, 0)]
 cases = {
-    "valid.tracealloc": valid,
+    "valid.tracealloc": file(body(totals=TOTALS), version=2),
+    "valid_v1.tracealloc": valid,
     "empty.bin": b"",
     "wrong_magic.bin": file(body(), magic=b"PK\x03\x04xxxx"),
     "unknown_version.bin": file(body(), version=99),
@@ -57,6 +65,11 @@ cases = {
     "bad_truncation_flag.bin": file(body(tracebacks=[([0, 1], 0, 16, 2)])),
     "traceback_index_out_of_range.bin": file(body(traces=[(2048, 3)])),
     "sizes_overflow.bin": file(body(traces=[(1 << 62, 0), (1 << 62, 0)])),
+    "bad_totals_flag.bin": file(body(totals=TOTALS, totals_flag=5), version=2),
+    "zero_block_total.bin": file(body(totals=[(4096, 0, 0)]), version=2),
+    "total_traceback_out_of_range.bin": file(body(totals=[(4096, 3, 7)]), version=2),
+    "totals_overflow.bin": file(body(totals=[(1 << 63, 1, 0), (1 << 63, 1, 0)]), version=2),
+    "v1_with_totals.bin": file(body(totals=TOTALS), version=1),
 }
 for name, data in cases.items():
     with open(name, "wb") as f:
