@@ -41,6 +41,7 @@ pub fn start(nframe: usize) -> Result<(), Error> {
         table::reset_totals();
         counters::reset_dropped();
         counters::reset_peak();
+        counters::mark_start();
         tracer::switch_on();
     }
     Ok(())

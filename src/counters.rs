@@ -13,6 +13,31 @@ static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static LOST_RELEASES: AtomicU64 = AtomicU64::new(0);
+/// CLOCK_MONOTONIC nanoseconds when tracing last started; 0 = not yet.
+static STARTED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Monotonic clock in nanoseconds (no allocation, callable from the allocator).
+pub(crate) fn now_nanos() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux and
+    // the other Unixes we build for.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// Notes that tracing starts now.
+pub(crate) fn mark_start() {
+    STARTED_AT.store(now_nanos().max(1), Relaxed);
+}
+
+/// Time since tracing started, `None` before.
+pub(crate) fn since_start() -> Option<std::time::Duration> {
+    let at = STARTED_AT.load(Relaxed);
+    (at != 0).then(|| std::time::Duration::from_nanos(now_nanos().saturating_sub(at)))
+}
 
 #[inline]
 pub(crate) fn added(size: usize) {

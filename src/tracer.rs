@@ -131,6 +131,7 @@ impl<A> Tracer<A> {
         let wanted = if self.start_stopped { OFF } else { ON };
         match STATUS.compare_exchange(UNINIT, wanted, Relaxed, Relaxed) {
             Ok(_) => {
+                crate::counters::mark_start();
                 let from_environment = crate::environment::read_at_startup();
                 set_limit(from_environment.unwrap_or(self.frames));
                 wanted == ON

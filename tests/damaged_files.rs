@@ -19,6 +19,7 @@ fn a_version_1_file_loads_without_allocation_totals() {
     assert_eq!(snapshot.total_size(), 2112);
     assert!(!snapshot.has_allocation_totals());
     assert_eq!(snapshot.allocated_total(), None);
+    assert_eq!(snapshot.duration(), None);
     assert!(snapshot.allocation_statistics(GroupBy::Line).is_none());
 }
 
@@ -27,6 +28,10 @@ fn the_independently_written_valid_file_loads() {
     let snapshot = load("valid.tracealloc").unwrap();
     // 2 live blocks (2112 B) and 3 released ones (4096 B) from the same stack.
     assert_eq!(snapshot.allocated_total(), Some((2112 + 4096, 5)));
+    assert_eq!(
+        snapshot.duration(),
+        Some(std::time::Duration::from_millis(2500))
+    );
     let allocated = snapshot.allocation_statistics(GroupBy::Line).unwrap();
     assert_eq!(
         allocated[0].to_string(),
@@ -138,6 +143,11 @@ fn every_damaged_file_gets_its_own_error() {
             "totals_overflow.bin",
             0,
             "the allocation totals overflow 64 bits",
+        ),
+        (
+            "bad_duration_flag.bin",
+            0,
+            "duration flag 9 is neither 0 nor 1",
         ),
         (
             "v1_with_totals.bin",

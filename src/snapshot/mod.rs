@@ -66,6 +66,8 @@ pub struct Snapshot {
     traces: Vec<Trace>,
     /// Per stack, what was allocated and is no longer live; `None` when unknown.
     released: Option<Vec<Released>>,
+    /// Time from the start of tracing to the snapshot, when known.
+    duration: Option<std::time::Duration>,
     traceback_limit: usize,
     capture_mode: CaptureMode,
     call_sites_without_lines: usize,
@@ -102,6 +104,7 @@ impl Snapshot {
         Snapshot {
             traces,
             released: Some(Vec::new()),
+            duration: None,
             traceback_limit,
             capture_mode,
             call_sites_without_lines: 0,
@@ -145,10 +148,17 @@ impl Snapshot {
         Snapshot {
             traces,
             released,
+            duration: self.duration,
             traceback_limit: self.traceback_limit,
             capture_mode: self.capture_mode,
             call_sites_without_lines: self.call_sites_without_lines,
         }
+    }
+
+    /// Time from the start of tracing (the first allocation, or the last `start`) to the
+    /// snapshot; `None` when unknown (files written in format version 1).
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        self.duration
     }
 
     /// Whether the snapshot knows how much each stack allocated in all since tracing started
@@ -307,6 +317,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
         traces,
         // A total lost for want of memory makes them all unknown, never silently low.
         released: (crate::counters::lost_releases() == 0).then_some(released),
+        duration: crate::counters::since_start(),
         traceback_limit,
         capture_mode: capture::mode(),
         call_sites_without_lines,

@@ -17,6 +17,8 @@
 //!            totals     u8 known (0 or 1); when 1: u64 count, then (u64 bytes, u64 blocks,
 //!                       u32 traceback index): per stack, what was allocated and is no longer
 //!                       live
+//!            duration   u8 known (0 or 1); when 1: u64 nanoseconds from the start of tracing
+//!                       to the snapshot
 //! ```
 //!
 //! Loading checks everything (magic, version, length, checksum, every count against the bytes
@@ -148,6 +150,10 @@ impl Snapshot {
                 body.u64(blocks);
                 body.u32(id);
             }
+        }
+        body.out.push(u8::from(self.duration.is_some()));
+        if let Some(d) = self.duration {
+            body.u64(d.as_nanos().min(u64::MAX as u128) as u64);
         }
 
         let mut out = Vec::with_capacity(HEADER + body.out.len());
@@ -345,6 +351,21 @@ impl Snapshot {
         } else {
             None
         };
+        let duration = if version >= 2 {
+            let known_at = r.pos;
+            match r.u8("the duration flag")? {
+                0 => None,
+                1 => Some(std::time::Duration::from_nanos(r.u64("the duration")?)),
+                other => {
+                    return Err(corrupt(
+                        known_at as u64,
+                        format!("duration flag {other} is neither 0 nor 1"),
+                    ))
+                }
+            }
+        } else {
+            None
+        };
         if r.pos != bytes.len() {
             return Err(corrupt(
                 r.pos as u64,
@@ -354,6 +375,7 @@ impl Snapshot {
         Ok(Snapshot {
             traces,
             released,
+            duration,
             traceback_limit: traceback_limit as usize,
             capture_mode,
             call_sites_without_lines,

@@ -13,7 +13,7 @@ def u32(v): return struct.pack("<I", v)
 def u64(v): return struct.pack("<Q", v)
 
 def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=None,
-         string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None):
+         string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None, duration_flag=1):
     strings = strings if strings is not None else ["src/main.rs", "/home/u/app/src/main.rs", "app::parse", "app::main"]
     frames = frames if frames is not None else [(0, 1, 2, 41), (0, 1, 3, 12)]
     tracebacks = tracebacks if tracebacks is not None else [([0, 1], 0, 16, 0)]
@@ -38,6 +38,10 @@ def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=No
         out += u64(len(totals))
         for nbytes, blocks, tb in totals:
             out += u64(nbytes) + u64(blocks) + u32(tb)
+        # Then the time from the start of tracing to the snapshot, in nanoseconds.
+        out += u8(duration_flag)
+        if duration_flag == 1:
+            out += u64(2_500_000_000)
     return out
 
 def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
@@ -69,6 +73,7 @@ cases = {
     "zero_block_total.bin": file(body(totals=[(4096, 0, 0)]), version=2),
     "total_traceback_out_of_range.bin": file(body(totals=[(4096, 3, 7)]), version=2),
     "totals_overflow.bin": file(body(totals=[(1 << 63, 1, 0), (1 << 63, 1, 0)]), version=2),
+    "bad_duration_flag.bin": file(body(totals=TOTALS, duration_flag=9), version=2),
     "v1_with_totals.bin": file(body(totals=TOTALS), version=1),
 }
 for name, data in cases.items():
