@@ -31,6 +31,21 @@ pub enum Error {
     },
     /// The tracer could not allocate room for a new measurement scope (out of memory).
     ScopeUnavailable,
+    /// Allocation totals were asked of a snapshot that does not have them (read from a file
+    /// written in format version 1).
+    AllocationTotalsUnknown,
+    /// There is nothing to draw.
+    Empty {
+        /// What is missing.
+        what: String,
+    },
+    /// An output writer failed.
+    Output {
+        /// The output format.
+        format: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
     /// Reading or writing a snapshot file failed.
     Io {
         /// The file.
@@ -73,6 +88,12 @@ impl fmt::Display for Error {
             Error::ScopeUnavailable => {
                 f.write_str("tracealloc could not allocate a measurement scope (out of memory)")
             }
+            Error::AllocationTotalsUnknown => f.write_str(
+                "this snapshot has no allocation totals (it was read from a file written by an \
+                 older tracealloc, format version 1); only live memory can be shown",
+            ),
+            Error::Empty { what } => write!(f, "nothing to show: {what}"),
+            Error::Output { format, reason } => write!(f, "could not write the {format}: {reason}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Corrupt { offset, problem } => {
                 write!(f, "not a valid snapshot file: {problem} (at byte {offset})")

@@ -101,7 +101,7 @@ pub use environment::{process_memory, ProcessMemory};
 pub use error::Error;
 pub use format::format_size;
 pub use snapshot::{
-    Filter, Frame, GroupBy, Report, Snapshot, Statistic, StatisticDiff, Trace, Traceback,
+    Filter, Frame, GroupBy, Metric, Report, Snapshot, Statistic, StatisticDiff, Trace, Traceback,
 };
 pub use stack::CaptureMode;
 #[doc(hidden)]

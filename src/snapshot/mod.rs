@@ -2,12 +2,14 @@
 
 mod diff;
 mod filter;
+mod output;
 mod persist;
 mod statistics;
 mod traceback;
 
 pub use diff::StatisticDiff;
 pub use filter::Filter;
+pub use output::Metric;
 pub use statistics::{GroupBy, Report, Statistic};
 pub use traceback::{Frame, Traceback};
 

@@ -39,24 +39,7 @@ const HEADER: usize = 24;
 impl Snapshot {
     /// Writes the snapshot to `path` atomically: to a temporary file beside it, then renamed.
     pub fn dump(&self, path: impl AsRef<Path>) -> Result<(), Error> {
-        let path = path.as_ref();
-        let io = |source| Error::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let bytes = self.to_bytes();
-        let mut temp_name = path.file_name().unwrap_or_default().to_owned();
-        temp_name.push(format!(".tmp{}", std::process::id()));
-        let temp = path.with_file_name(temp_name);
-        let written = std::fs::File::create(&temp).and_then(|mut file| {
-            file.write_all(&bytes)?;
-            file.sync_all()
-        });
-        if let Err(e) = written.and_then(|()| std::fs::rename(&temp, path)) {
-            let _ = std::fs::remove_file(&temp);
-            return Err(io(e));
-        }
-        Ok(())
+        write_atomically(path.as_ref(), &self.to_bytes())
     }
 
     /// Reads a snapshot written by [`dump`](Self::dump).
@@ -381,6 +364,27 @@ impl Snapshot {
             call_sites_without_lines,
         })
     }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so a reader
+/// never sees half a file and a failed write leaves the old file intact.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut temp_name = path.file_name().unwrap_or_default().to_owned();
+    temp_name.push(format!(".tmp{}", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let written = std::fs::File::create(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&temp, path)) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io(e));
+    }
+    Ok(())
 }
 
 /// Items numbered in order of first appearance.

@@ -1,0 +1,410 @@
+//! What other tools read: folded stacks and flame graphs, pprof's profile.proto, DHAT's JSON.
+//!
+//! Every writer works on the frames a [`Traceback`] shows (call site outward, up to the
+//! traceback limit; allocator and standard-library frames trimmed), so the pictures point at
+//! the program's own lines, like the statistics.
+
+use super::{Frame, Snapshot, Traceback};
+use crate::error::Error;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Which figure an output shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Metric {
+    /// Bytes (and blocks) live at the snapshot: what [`Snapshot::statistics`] shows.
+    #[default]
+    Live,
+    /// Bytes (and blocks) allocated since tracing started, freed ones included: where the
+    /// allocation traffic comes from ([`Snapshot::allocation_statistics`]).
+    Allocated,
+}
+
+impl Metric {
+    fn describe(self) -> &'static str {
+        match self {
+            Metric::Live => "live at the snapshot",
+            Metric::Allocated => "allocated since tracing started",
+        }
+    }
+}
+
+/// One stack's figures for an output.
+struct Row {
+    traceback: Traceback,
+    bytes: u64,
+    blocks: u64,
+}
+
+impl Snapshot {
+    /// Per distinct traceback, the metric's bytes and blocks (rows with nothing dropped).
+    fn rows(&self, metric: Metric) -> Result<Vec<Row>, Error> {
+        if metric == Metric::Allocated && !self.has_allocation_totals() {
+            return Err(Error::AllocationTotalsUnknown);
+        }
+        let mut rows: Vec<Row> = self
+            .per_stack_totals()
+            .into_iter()
+            .map(|s| {
+                let (bytes, blocks) = match metric {
+                    Metric::Live => (s.live_bytes, s.live_blocks),
+                    Metric::Allocated => s.total.unwrap_or_default(),
+                };
+                Row {
+                    traceback: s.traceback,
+                    bytes,
+                    blocks,
+                }
+            })
+            .filter(|r| r.blocks > 0)
+            .collect();
+        // Deterministic output: biggest first, then by frames.
+        rows.sort_by(|a, b| {
+            (b.bytes, b.blocks)
+                .cmp(&(a.bytes, a.blocks))
+                .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+        });
+        Ok(rows)
+    }
+
+    /// Folded stacks, the text format of flamegraph.pl, inferno, speedscope and others: one
+    /// line per stack, `root;caller;call site BYTES`, frames written `function (file:line)`,
+    /// outermost first. Stacks that print the same are merged; lines are sorted. A `;` inside a
+    /// name (as in `[u8; 4]`) is written `,`, since `;` separates frames.
+    pub fn folded(&self, metric: Metric) -> Result<Vec<String>, Error> {
+        let mut merged: HashMap<String, u64> = HashMap::new();
+        for row in self.rows(metric)? {
+            let line = row
+                .traceback
+                .frames()
+                .iter()
+                .rev()
+                .map(frame_label)
+                .collect::<Vec<_>>()
+                .join(";");
+            *merged.entry(line).or_default() += row.bytes;
+        }
+        let mut lines: Vec<String> = merged
+            .into_iter()
+            .map(|(stack, bytes)| format!("{stack} {bytes}"))
+            .collect();
+        lines.sort();
+        Ok(lines)
+    }
+
+    /// Writes [`folded`](Self::folded) to `path`, one stack a line.
+    pub fn write_folded(&self, path: impl AsRef<Path>, metric: Metric) -> Result<(), Error> {
+        let mut text = self.folded(metric)?.join("\n");
+        text.push('\n');
+        super::persist::write_atomically(path.as_ref(), text.as_bytes())
+    }
+
+    /// Writes an SVG flame graph (drawn by `inferno` from [`folded`](Self::folded)): each
+    /// box is a frame, as wide as the bytes allocated under it; the call sites are the top
+    /// edge. Open it in a browser (boxes are clickable to zoom, Ctrl-F searches).
+    #[cfg(feature = "flamegraph")]
+    pub fn write_flamegraph(&self, path: impl AsRef<Path>, metric: Metric) -> Result<(), Error> {
+        let svg = self.flamegraph_svg(metric)?;
+        super::persist::write_atomically(path.as_ref(), &svg)
+    }
+
+    /// The flame graph's SVG text.
+    #[cfg(feature = "flamegraph")]
+    pub fn flamegraph_svg(&self, metric: Metric) -> Result<Vec<u8>, Error> {
+        let lines = self.folded(metric)?;
+        let mut options = inferno::flamegraph::Options::default();
+        options.title = format!("tracealloc: heap {}", metric.describe());
+        options.count_name = "bytes".to_owned();
+        options.subtitle = self.notes().first().cloned();
+        let mut svg = Vec::new();
+        if lines.is_empty() {
+            return Err(Error::Empty {
+                what: format!("no memory {}", metric.describe()),
+            });
+        }
+        inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
+            .map_err(|e| Error::Output {
+            format: "flame graph",
+            reason: e.to_string(),
+        })?;
+        Ok(svg)
+    }
+}
+
+/// `function (file:line)`, with no `;` (the folded format's frame separator).
+fn frame_label(frame: &Frame) -> String {
+    format!("{} ({}:{})", frame.function, frame.filename, frame.lineno).replace(';', ",")
+}
+
+#[cfg(feature = "pprof")]
+mod pprof {
+    //! The subset of pprof's profile.proto we write
+    //! (<https://github.com/google/pprof/blob/main/proto/profile.proto>), field numbers as
+    //! there.
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Profile {
+        #[prost(message, repeated, tag = "1")]
+        pub(super) sample_type: Vec<ValueType>,
+        #[prost(message, repeated, tag = "2")]
+        pub(super) sample: Vec<Sample>,
+        #[prost(message, repeated, tag = "4")]
+        pub(super) location: Vec<Location>,
+        #[prost(message, repeated, tag = "5")]
+        pub(super) function: Vec<Function>,
+        #[prost(string, repeated, tag = "6")]
+        pub(super) string_table: Vec<String>,
+        #[prost(int64, tag = "9")]
+        pub(super) time_nanos: i64,
+        #[prost(int64, tag = "10")]
+        pub(super) duration_nanos: i64,
+        #[prost(message, optional, tag = "11")]
+        pub(super) period_type: Option<ValueType>,
+        #[prost(int64, tag = "12")]
+        pub(super) period: i64,
+        #[prost(int64, repeated, tag = "13")]
+        pub(super) comment: Vec<i64>,
+        #[prost(int64, tag = "14")]
+        pub(super) default_sample_type: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct ValueType {
+        #[prost(int64, tag = "1")]
+        pub(super) r#type: i64,
+        #[prost(int64, tag = "2")]
+        pub(super) unit: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Sample {
+        #[prost(uint64, repeated, tag = "1")]
+        pub(super) location_id: Vec<u64>,
+        #[prost(int64, repeated, tag = "2")]
+        pub(super) value: Vec<i64>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Location {
+        #[prost(uint64, tag = "1")]
+        pub(super) id: u64,
+        #[prost(message, repeated, tag = "4")]
+        pub(super) line: Vec<Line>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Line {
+        #[prost(uint64, tag = "1")]
+        pub(super) function_id: u64,
+        #[prost(int64, tag = "2")]
+        pub(super) line: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Function {
+        #[prost(uint64, tag = "1")]
+        pub(super) id: u64,
+        #[prost(int64, tag = "2")]
+        pub(super) name: i64,
+        #[prost(int64, tag = "3")]
+        pub(super) system_name: i64,
+        #[prost(int64, tag = "4")]
+        pub(super) filename: i64,
+    }
+
+    /// A string table: index 0 is the empty string, as the format requires.
+    #[derive(Default)]
+    pub(super) struct Strings {
+        pub(super) table: Vec<String>,
+        ids: std::collections::HashMap<String, i64>,
+    }
+
+    impl Strings {
+        pub(super) fn id(&mut self, s: &str) -> i64 {
+            if self.table.is_empty() {
+                self.table.push(String::new());
+                self.ids.insert(String::new(), 0);
+            }
+            if let Some(&id) = self.ids.get(s) {
+                return id;
+            }
+            let id = self.table.len() as i64;
+            self.table.push(s.to_owned());
+            self.ids.insert(s.to_owned(), id);
+            id
+        }
+    }
+}
+
+#[cfg(feature = "pprof")]
+impl Snapshot {
+    /// The snapshot as a pprof profile (profile.proto, gzipped), readable by `go tool pprof`,
+    /// Pyroscope, Parca, Grafana and speedscope. Sample values are `inuse_objects` and
+    /// `inuse_space` (the default), preceded by `alloc_objects` and `alloc_space` when the
+    /// snapshot knows its allocation totals: Go's heap-profile layout, so `-sample_index`
+    /// works as with Go programs. One location per frame (inlined frames are locations of
+    /// their own), the call site first.
+    pub fn pprof_bytes(&self) -> Result<Vec<u8>, Error> {
+        use pprof::*;
+        use prost::Message;
+        use std::io::Write;
+
+        let with_totals = self.has_allocation_totals();
+        let mut strings = Strings::default();
+        strings.id("");
+        let mut sample_type = Vec::new();
+        let mut kinds: Vec<(&str, &str)> = Vec::new();
+        if with_totals {
+            kinds.extend([("alloc_objects", "count"), ("alloc_space", "bytes")]);
+        }
+        kinds.extend([("inuse_objects", "count"), ("inuse_space", "bytes")]);
+        for (kind, unit) in &kinds {
+            sample_type.push(ValueType {
+                r#type: strings.id(kind),
+                unit: strings.id(unit),
+            });
+        }
+
+        let mut functions: HashMap<(&str, &str), u64> = HashMap::new();
+        let mut function_table: Vec<Function> = Vec::new();
+        let mut locations: HashMap<&Frame, u64> = HashMap::new();
+        let mut location_table: Vec<Location> = Vec::new();
+        let mut samples = Vec::new();
+        let per_stack = self.per_stack_totals();
+        for stack in &per_stack {
+            let mut ids = Vec::with_capacity(stack.traceback.frames().len());
+            for frame in stack.traceback.frames() {
+                let next_location = location_table.len() as u64 + 1;
+                let location = *locations.entry(frame).or_insert(next_location);
+                if location == next_location {
+                    let key = (&*frame.function, &*frame.filename);
+                    let next_function = function_table.len() as u64 + 1;
+                    let function = *functions.entry(key).or_insert(next_function);
+                    if function == next_function {
+                        let name = strings.id(&frame.function);
+                        function_table.push(Function {
+                            id: function,
+                            name,
+                            system_name: name,
+                            filename: strings.id(&frame.path),
+                        });
+                    }
+                    location_table.push(Location {
+                        id: location,
+                        line: vec![Line {
+                            function_id: function,
+                            line: i64::from(frame.lineno),
+                        }],
+                    });
+                }
+                ids.push(location);
+            }
+            let mut value = Vec::with_capacity(4);
+            if with_totals {
+                let (bytes, blocks) = stack.total.unwrap_or_default();
+                value.extend([blocks as i64, bytes as i64]);
+            }
+            value.extend([stack.live_blocks as i64, stack.live_bytes as i64]);
+            samples.push(Sample {
+                location_id: ids,
+                value,
+            });
+        }
+        let comment = self.notes().iter().map(|n| strings.id(n)).collect();
+        let period_type = Some(ValueType {
+            r#type: strings.id("space"),
+            unit: strings.id("bytes"),
+        });
+        let default_sample_type = strings.id("inuse_space");
+        let time_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let profile = Profile {
+            sample_type,
+            sample: samples,
+            location: location_table,
+            function: function_table,
+            string_table: strings.table,
+            time_nanos,
+            duration_nanos: self.duration().map_or(0, |d| d.as_nanos() as i64),
+            period_type,
+            period: 1,
+            comment,
+            default_sample_type,
+        };
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&profile.encode_to_vec())
+            .and_then(|()| gz.finish())
+            .map_err(|e| Error::Output {
+                format: "pprof",
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes [`pprof_bytes`](Self::pprof_bytes) to `path` (conventionally `*.pb.gz`).
+    pub fn write_pprof(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        super::persist::write_atomically(path.as_ref(), &self.pprof_bytes()?)
+    }
+}
+
+#[cfg(feature = "dhat")]
+impl Snapshot {
+    /// The snapshot in DHAT's JSON format (version 2), which Valgrind's viewer `dh_view.html`
+    /// opens. DHAT's "total" figures are the chosen metric: allocation totals with
+    /// [`Metric::Allocated`] (DHAT's own meaning), bytes live at the snapshot with
+    /// [`Metric::Live`]. Block lifetimes, peaks over time and memory accesses are not
+    /// recorded by tracealloc, so the file says so (`bklt` and `bkacc` false) and the viewer
+    /// hides those columns rather than showing invented values.
+    pub fn dhat_json(&self, metric: Metric) -> Result<String, Error> {
+        let rows = self.rows(metric)?;
+        let mut ftbl: Vec<String> = vec!["[root]".to_owned()];
+        let mut frame_ids: HashMap<&Frame, usize> = HashMap::new();
+        let mut pps = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let fs: Vec<usize> = row
+                .traceback
+                .frames()
+                .iter()
+                .map(|frame| {
+                    *frame_ids.entry(frame).or_insert_with(|| {
+                        ftbl.push(format!(
+                            "{} ({}:{})",
+                            frame.function, frame.filename, frame.lineno
+                        ));
+                        ftbl.len() - 1
+                    })
+                })
+                .collect();
+            pps.push(serde_json::json!({ "tb": row.bytes, "tbk": row.blocks, "fs": fs }));
+        }
+        let te = self.duration().map_or(0, |d| d.as_micros() as u64);
+        let verb = match metric {
+            Metric::Live => "Live at the snapshot",
+            Metric::Allocated => "Allocated",
+        };
+        let document = serde_json::json!({
+            "dhatFileVersion": 2,
+            "mode": "rust-heap (tracealloc)",
+            "verb": verb,
+            "bklt": false,
+            "bkacc": false,
+            "tu": "µs",
+            "Mtu": "s",
+            "cmd": format!("tracealloc snapshot: heap {}", metric.describe()),
+            "pid": std::process::id(),
+            "te": te,
+            "pps": pps,
+            "ftbl": ftbl,
+        });
+        Ok(document.to_string())
+    }
+
+    /// Writes [`dhat_json`](Self::dhat_json) to `path`; open it with Valgrind's
+    /// `dh_view.html` (Debian: `/usr/libexec/valgrind/dh_view.html`).
+    pub fn write_dhat(&self, path: impl AsRef<Path>, metric: Metric) -> Result<(), Error> {
+        let json = self.dhat_json(metric)?;
+        super::persist::write_atomically(path.as_ref(), json.as_bytes())
+    }
+}
