@@ -140,7 +140,7 @@ pub(crate) fn ensure_tracing() -> Result<(), Error> {
     }
 }
 
-fn ensure_installed() -> Result<(), Error> {
+pub(crate) fn ensure_installed() -> Result<(), Error> {
     if !tracer::is_installed() {
         // Nothing has gone through a Tracer yet: allocate once to find out.
         std::hint::black_box(Box::new(0u8));

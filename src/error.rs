@@ -34,6 +34,11 @@ pub enum Error {
     /// Allocation totals were asked of a snapshot that does not have them (read from a file
     /// written in format version 1).
     AllocationTotalsUnknown,
+    /// A timeline interval under 1 ms.
+    InvalidInterval {
+        /// The interval asked for.
+        interval: std::time::Duration,
+    },
     /// There is nothing to draw.
     Empty {
         /// What is missing.
@@ -91,6 +96,10 @@ impl fmt::Display for Error {
             Error::AllocationTotalsUnknown => f.write_str(
                 "this snapshot has no allocation totals (it was read from a file written by an \
                  older tracealloc, format version 1); only live memory can be shown",
+            ),
+            Error::InvalidInterval { interval } => write!(
+                f,
+                "a timeline interval must be at least 1 ms, got {interval:?}"
             ),
             Error::Empty { what } => write!(f, "nothing to show: {what}"),
             Error::Output { format, reason } => write!(f, "could not write the {format}: {reason}"),

@@ -89,6 +89,7 @@ mod snapshot;
 mod stack;
 mod table;
 mod testing;
+mod timeline;
 mod tracer;
 #[macro_use]
 mod macros;
@@ -109,4 +110,5 @@ pub use testing::__private;
 pub use testing::{
     measure, parse_size, spawn, try_measure, Limit, Measurement, Scope, ScopeGuard, SiteUsage,
 };
+pub use timeline::{Timeline, TimelineSample, TimelineSeries};
 pub use tracer::{Tracer, DEFAULT_FRAMES, MAX_FRAMES};

@@ -21,6 +21,10 @@ fn calls_without_the_tracer_installed_return_not_installed() {
     );
     let v = Box::new([1u8; 100]);
     assert!(tracealloc::object_traceback(v.as_ptr()).is_none());
+    assert!(matches!(
+        tracealloc::Timeline::start(std::time::Duration::from_millis(5)),
+        Err(Error::NotInstalled)
+    ));
     assert_eq!(tracealloc::traced_memory().current, 0);
     assert!(matches!(
         tracealloc::try_measure(|| vec![0u8; 10]),

@@ -1,1 +1,230 @@
-fn main() {}
+//! `tracealloc`: look at snapshot files written by `Snapshot::dump` or `TRACEALLOC_DUMP`.
+//!
+//! ```text
+//! tracealloc top FILE [--by line|file|function|traceback] [-n 10] [--include GLOB] [--exclude GLOB]
+//! tracealloc diff OLD NEW [--by ...] [-n 10]
+//! tracealloc flamegraph FILE -o out.svg [--allocated]
+//! tracealloc pprof FILE -o out.pb.gz
+//! tracealloc dhat FILE -o out.json [--live]
+//! ```
+//!
+//! Errors (a missing or damaged file, a bad pattern) are one line on stderr and exit code 1.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracealloc::{Error, Filter, GroupBy, Metric, Snapshot};
+
+#[derive(Parser)]
+#[command(
+    name = "tracealloc",
+    version,
+    about = "Look at tracealloc snapshot files: top sites, diffs, flame graphs, pprof, DHAT"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum By {
+    Line,
+    File,
+    Function,
+    Traceback,
+}
+
+impl From<By> for GroupBy {
+    fn from(by: By) -> GroupBy {
+        match by {
+            By::Line => GroupBy::Line,
+            By::File => GroupBy::File,
+            By::Function => GroupBy::Function,
+            By::Traceback => GroupBy::Traceback,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The biggest groups of live memory, as tracemalloc's statistics.
+    Top {
+        /// Snapshot file.
+        file: PathBuf,
+        /// How to group the traces.
+        #[arg(long, value_enum, default_value = "line")]
+        by: By,
+        /// How many groups to print.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        limit: usize,
+        /// Keep only traces with a frame in files matching this glob (repeatable).
+        #[arg(long)]
+        include: Vec<String>,
+        /// Drop traces with a frame in files matching this glob (repeatable).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Count everything allocated since tracing started, not only live memory.
+        #[arg(long, conflicts_with = "cumulative")]
+        allocated: bool,
+        /// Count each frame of every traceback (what a function and its callees hold).
+        #[arg(long)]
+        cumulative: bool,
+    },
+    /// What grew and shrank from OLD to NEW, as tracemalloc's compare_to.
+    Diff {
+        /// The earlier snapshot file.
+        old: PathBuf,
+        /// The later snapshot file.
+        new: PathBuf,
+        /// How to group the traces.
+        #[arg(long, value_enum, default_value = "line")]
+        by: By,
+        /// How many groups to print.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        limit: usize,
+    },
+    /// An SVG flame graph of live memory (or, with --allocated, of all allocations).
+    Flamegraph {
+        /// Snapshot file.
+        file: PathBuf,
+        /// Output SVG file.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Show everything allocated since tracing started instead of live memory.
+        #[arg(long)]
+        allocated: bool,
+    },
+    /// A gzipped pprof profile (go tool pprof, Pyroscope, Parca, Grafana, speedscope).
+    Pprof {
+        /// Snapshot file.
+        file: PathBuf,
+        /// Output file, conventionally *.pb.gz.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// DHAT JSON for Valgrind's dh_view.html (allocation totals; --live for live memory).
+    Dhat {
+        /// Snapshot file.
+        file: PathBuf,
+        /// Output JSON file.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Show live memory instead of allocation totals.
+        #[arg(long)]
+        live: bool,
+    },
+}
+
+fn metric(allocated: bool) -> Metric {
+    if allocated {
+        Metric::Allocated
+    } else {
+        Metric::Live
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Top {
+            file,
+            by,
+            limit,
+            include,
+            exclude,
+            allocated,
+            cumulative,
+        } => {
+            let snapshot = Snapshot::load(&file)?;
+            let filters = include
+                .iter()
+                .map(|p| Filter::include(p))
+                .chain(exclude.iter().map(|p| Filter::exclude(p)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let snapshot = snapshot.filter_traces(&filters);
+            if !allocated && !cumulative {
+                // tracemalloc's layout: notes, the top lines with their source, the rest, the
+                // total.
+                println!("{}", snapshot.report(by.into(), limit));
+                return Ok(());
+            }
+            for note in snapshot.notes() {
+                println!("note: {note}");
+            }
+            let stats = if allocated {
+                snapshot
+                    .allocation_statistics(by.into())
+                    .ok_or(Error::AllocationTotalsUnknown)?
+            } else {
+                snapshot.cumulative_statistics(by.into())
+            };
+            for (i, stat) in stats.iter().take(limit).enumerate() {
+                println!("#{}: {stat}", i + 1);
+                if matches!(by, By::Traceback) {
+                    for line in stat.traceback.format(None, true) {
+                        println!("{line}");
+                    }
+                }
+            }
+            if allocated {
+                // Groups of allocation totals are disjoint, so the rest and the total add up
+                // (cumulative groups overlap, so they would not).
+                let rest = stats.get(limit..).unwrap_or_default();
+                if !rest.is_empty() {
+                    let size: usize = rest.iter().map(|s| s.size).sum();
+                    println!(
+                        "{} other: {}",
+                        rest.len(),
+                        tracealloc::format_size(size as f64, false)
+                    );
+                }
+                let total: usize = stats.iter().map(|s| s.size).sum();
+                println!(
+                    "Total allocated since tracing started: {}",
+                    tracealloc::format_size(total as f64, false)
+                );
+            }
+        }
+        Command::Diff {
+            old,
+            new,
+            by,
+            limit,
+        } => {
+            let old = Snapshot::load(&old)?;
+            let new = Snapshot::load(&new)?;
+            let diffs = new.compare_to(&old, by.into());
+            println!("[ Top {} differences ]", limit.min(diffs.len()));
+            for diff in diffs.iter().take(limit) {
+                println!("{diff}");
+            }
+        }
+        Command::Flamegraph {
+            file,
+            output,
+            allocated,
+        } => {
+            Snapshot::load(&file)?.write_flamegraph(&output, metric(allocated))?;
+            eprintln!("wrote {}", output.display());
+        }
+        Command::Pprof { file, output } => {
+            Snapshot::load(&file)?.write_pprof(&output)?;
+            eprintln!("wrote {}", output.display());
+        }
+        Command::Dhat { file, output, live } => {
+            Snapshot::load(&file)?.write_dhat(&output, metric(!live))?;
+            eprintln!("wrote {}", output.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever the error's own text holds.
+            eprintln!("tracealloc: error: {}", e.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod traceback;
 pub use diff::StatisticDiff;
 pub use filter::Filter;
 pub use output::Metric;
+pub(crate) use persist::write_atomically;
 pub use statistics::{GroupBy, Report, Statistic};
 pub use traceback::{Frame, Traceback};
 

@@ -21,6 +21,7 @@ pub enum Metric {
     Allocated,
 }
 
+#[cfg(any(feature = "flamegraph", feature = "dhat"))]
 impl Metric {
     fn describe(self) -> &'static str {
         match self {
@@ -37,27 +38,76 @@ struct Row {
     blocks: u64,
 }
 
+/// A stack as the outputs show it, with its live and total figures.
+struct Shown {
+    traceback: Traceback,
+    live_bytes: u64,
+    live_blocks: u64,
+    total: Option<(u64, u64)>,
+}
+
+/// The frames an output shows: the traceback's frames without the outermost run of runtime
+/// scaffolding (std's `lang_start` and thread-spawn closures, the C `main`,
+/// `__libc_start_call_main`, `start_thread`, `clone`), so pictures start at the program's
+/// `main` or its thread's closure. A stack made only of such frames keeps its call site.
+fn shown_frames(traceback: &Traceback) -> Vec<Frame> {
+    use crate::stack::symbolize::{classify, Kind};
+    let frames = traceback.frames();
+    let scaffolding = frames
+        .iter()
+        .rev()
+        .take_while(|f| {
+            let path = (&*f.path != "<unknown>").then_some(&*f.path);
+            matches!(classify(&f.function, path), Kind::Toolchain | Kind::Runtime)
+        })
+        .count();
+    frames[..(frames.len() - scaffolding).max(1)].to_vec()
+}
+
 impl Snapshot {
-    /// Per distinct traceback, the metric's bytes and blocks (rows with nothing dropped).
+    /// Per stack as shown (stacks that show the same frames merged: they differ in trimmed
+    /// allocator frames, in runtime scaffolding, or beyond the traceback limit; DHAT's viewer
+    /// refuses repeated stacks), live and total figures.
+    fn shown_stacks(&self) -> Vec<Shown> {
+        let mut merged: HashMap<Vec<Frame>, Shown> = HashMap::new();
+        for s in self.per_stack_totals() {
+            let frames = shown_frames(&s.traceback);
+            let slot = merged.entry(frames).or_insert_with_key(|frames| Shown {
+                traceback: Traceback::from_frames(frames.clone()),
+                live_bytes: 0,
+                live_blocks: 0,
+                total: s.total.map(|_| (0, 0)),
+            });
+            slot.live_bytes += s.live_bytes;
+            slot.live_blocks += s.live_blocks;
+            if let (Some(sum), Some(add)) = (&mut slot.total, s.total) {
+                sum.0 += add.0;
+                sum.1 += add.1;
+            }
+        }
+        merged.into_values().collect()
+    }
+
+    /// Per shown stack, the metric's bytes and blocks (rows with nothing dropped), biggest
+    /// first.
     fn rows(&self, metric: Metric) -> Result<Vec<Row>, Error> {
         if metric == Metric::Allocated && !self.has_allocation_totals() {
             return Err(Error::AllocationTotalsUnknown);
         }
         let mut rows: Vec<Row> = self
-            .per_stack_totals()
+            .shown_stacks()
             .into_iter()
-            .map(|s| {
+            .filter_map(|s| {
                 let (bytes, blocks) = match metric {
                     Metric::Live => (s.live_bytes, s.live_blocks),
                     Metric::Allocated => s.total.unwrap_or_default(),
                 };
-                Row {
+                (blocks > 0).then_some(Row {
                     traceback: s.traceback,
                     bytes,
                     blocks,
-                }
+                })
             })
-            .filter(|r| r.blocks > 0)
             .collect();
         // Deterministic output: biggest first, then by frames.
         rows.sort_by(|a, b| {
@@ -271,8 +321,9 @@ impl Snapshot {
         let mut locations: HashMap<&Frame, u64> = HashMap::new();
         let mut location_table: Vec<Location> = Vec::new();
         let mut samples = Vec::new();
-        let per_stack = self.per_stack_totals();
-        for stack in &per_stack {
+        let mut shown = self.shown_stacks();
+        shown.sort_by(|a, b| a.traceback.frames().cmp(b.traceback.frames()));
+        for stack in &shown {
             let mut ids = Vec::with_capacity(stack.traceback.frames().len());
             for frame in stack.traceback.frames() {
                 let next_location = location_table.len() as u64 + 1;

@@ -1,0 +1,150 @@
+//! The `tracealloc` command-line tool on good and damaged snapshot files.
+#![cfg(feature = "cli")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn damaged(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/damaged")
+        .join(name)
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tracealloc"))
+        .args(args)
+        .output()
+        .expect("run tracealloc")
+}
+
+fn ok(args: &[&std::ffi::OsStr]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns its one line of stderr.
+fn fails(args: &[&std::ffi::OsStr]) -> String {
+    let out = run(args);
+    assert_eq!(out.status.code(), Some(1), "{args:?} should fail with 1");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("tracealloc: error: "), "{stderr}");
+    stderr
+}
+
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new(&$a)),*] };
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tracealloc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn top_prints_tracemalloc_statistics() {
+    let file = damaged("valid.tracealloc");
+    assert_eq!(
+        ok(args!["top", file]),
+        "#1: src/main.rs:41: size=2112 B, count=2, average=1056 B\nTotal allocated size: 2112 B\n"
+    );
+    assert_eq!(
+        ok(args!["top", file, "--by", "function"]),
+        "#1: app::parse (src/main.rs): size=2112 B, count=2, average=1056 B\n\
+         Total allocated size: 2112 B\n"
+    );
+    let traceback = ok(args!["top", file, "--by", "traceback", "--allocated"]);
+    assert_eq!(
+        traceback,
+        "#1: src/main.rs:41: size=6208 B, count=5, average=1242 B\n  \
+         File \"src/main.rs\", line 41, in app::parse\n  \
+         File \"src/main.rs\", line 12, in app::main\n\
+         Total allocated since tracing started: 6208 B\n"
+    );
+    // Filters: excluding the only file leaves nothing.
+    assert_eq!(
+        ok(args!["top", file, "--exclude", "src/*"]),
+        "Total allocated size: 0 B\n"
+    );
+    assert!(ok(args!["top", file, "--include", "src/main.rs", "-n", "1"]).starts_with("#1: "));
+}
+
+#[test]
+fn diff_compares_two_files() {
+    let out = ok(args![
+        "diff",
+        damaged("valid_v1.tracealloc"),
+        damaged("valid.tracealloc")
+    ]);
+    assert_eq!(
+        out,
+        "[ Top 1 differences ]\nsrc/main.rs:41: size=2112 B (+0 B), count=2 (+0), average=1056 B\n"
+    );
+}
+
+#[test]
+fn writers_write_files_the_library_reads_back() {
+    let file = damaged("valid.tracealloc");
+    let svg = temp("f.svg");
+    ok(args!["flamegraph", file, "-o", svg]);
+    assert!(std::fs::read_to_string(&svg)
+        .unwrap()
+        .contains("app::parse"));
+    ok(args!["flamegraph", file, "-o", svg, "--allocated"]);
+    let pb = temp("p.pb.gz");
+    ok(args!["pprof", file, "-o", pb]);
+    assert_eq!(&std::fs::read(&pb).unwrap()[..2], b"\x1f\x8b", "gzip magic");
+    let json = temp("d.json");
+    ok(args!["dhat", file, "-o", json]);
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert!(text.contains("\"tb\":6208") && text.contains("\"dhatFileVersion\":2"));
+    ok(args!["dhat", file, "-o", json, "--live"]);
+    assert!(std::fs::read_to_string(&json)
+        .unwrap()
+        .contains("\"tb\":2112"));
+}
+
+#[test]
+fn errors_are_one_line_and_exit_code_1() {
+    let missing = fails(args!["top", "no/such/file.tracealloc"]);
+    assert!(missing.contains("no/such/file.tracealloc"), "{missing}");
+    let truncated = fails(args!["top", damaged("truncated.bin")]);
+    assert!(
+        truncated.contains("not a valid snapshot file: truncated"),
+        "{truncated}"
+    );
+    let magic = fails(args![
+        "diff",
+        damaged("valid.tracealloc"),
+        damaged("wrong_magic.bin")
+    ]);
+    assert!(magic.contains("wrong magic number"), "{magic}");
+    let pattern = fails(args![
+        "top",
+        damaged("valid.tracealloc"),
+        "--include",
+        "[a-"
+    ]);
+    assert!(
+        pattern.contains("invalid file pattern \"[a-\""),
+        "{pattern}"
+    );
+    let old = fails(args!["top", damaged("valid_v1.tracealloc"), "--allocated"]);
+    assert!(old.contains("no allocation totals"), "{old}");
+    let unwritable = fails(args![
+        "pprof",
+        damaged("valid.tracealloc"),
+        "-o",
+        "/no/such/dir/x.pb.gz"
+    ]);
+    assert!(unwritable.contains("/no/such/dir/x.pb.gz"), "{unwritable}");
+    // Usage errors come from clap: exit code 2 and a usage message.
+    let usage = run(args!["top"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
