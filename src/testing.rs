@@ -391,6 +391,29 @@ pub fn parse_size(text: &str) -> Result<usize, Error> {
 pub mod __private {
     use super::*;
 
+    /// The unwind-rule cache, for the test comparing it with `backtrace::trace`: fills `buf`
+    /// with return addresses, innermost first (the first is the return into the caller), and
+    /// says whether the stack ended cleanly. `None` where the cache does not exist (it is
+    /// x86_64 Linux only). Allocation-free.
+    #[inline(never)]
+    pub fn unwind_tables(buf: &mut [usize]) -> Option<(usize, bool)> {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            // SAFETY: MaybeUninit<usize> has usize's layout; the unwinder only writes to it.
+            let slots =
+                unsafe { &mut *(buf as *mut [usize] as *mut [std::mem::MaybeUninit<usize>]) };
+            let top = crate::stack::capture::current_stack_top();
+            let result = crate::stack::cfi::unwind(slots, top);
+            std::hint::black_box(&result);
+            Some(result)
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        {
+            let _ = buf;
+            None
+        }
+    }
+
     fn fail(message: Option<String>, report: String) -> ! {
         match message {
             Some(m) => panic!("{m}\n{report}"),

@@ -264,13 +264,17 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
     stack_ids.sort_unstable();
     stack_ids.dedup();
 
-    let mut raw: HashMap<StackId, Vec<usize>> = HashMap::with_capacity(stack_ids.len());
+    let mut raw: HashMap<StackId, (Vec<usize>, bool)> = HashMap::with_capacity(stack_ids.len());
     let mut all_addresses = Vec::new();
     for &id in &stack_ids {
         let mut addresses = Vec::new();
         crate::stack::intern::addresses(id, &mut addresses);
+        let cut_short = addresses.last() == Some(&capture::CUT_SHORT);
+        if cut_short {
+            addresses.pop();
+        }
         all_addresses.extend_from_slice(&addresses);
-        raw.insert(id, addresses);
+        raw.insert(id, (addresses, cut_short));
     }
     all_addresses.sort_unstable();
     all_addresses.dedup();
@@ -278,7 +282,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
 
     let mut call_sites_without_lines = 0;
     let mut tracebacks: HashMap<StackId, Traceback> = HashMap::with_capacity(raw.len());
-    for (id, addresses) in raw {
+    for (id, (addresses, cut_short)) in raw {
         let expanded: Vec<&SymFrame> = addresses
             .iter()
             .filter_map(|ip| symbols.get(ip))
@@ -289,7 +293,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
         if owned.get(site).is_some_and(|f| !f.has_line) {
             call_sites_without_lines += 1;
         }
-        let truncated = addresses.len() >= capture_cap;
+        let truncated = cut_short || addresses.len() >= capture_cap;
         let frames = owned.into_iter().map(|f| f.frame).collect();
         tracebacks.insert(id, Traceback::new(frames, site, traceback_limit, truncated));
     }
@@ -331,6 +335,10 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
 pub(crate) fn traceback_of(id: StackId, traceback_limit: usize, capture_cap: usize) -> Traceback {
     let mut addresses = Vec::new();
     crate::stack::intern::addresses(id, &mut addresses);
+    let cut_short = addresses.last() == Some(&capture::CUT_SHORT);
+    if cut_short {
+        addresses.pop();
+    }
     let symbols = symbolize::resolve_all(&addresses);
     let frames: Vec<SymFrame> = addresses
         .iter()
@@ -338,7 +346,7 @@ pub(crate) fn traceback_of(id: StackId, traceback_limit: usize, capture_cap: usi
         .flat_map(|f| f.iter().cloned())
         .collect();
     let site = symbolize::call_site(&frames);
-    let truncated = addresses.len() >= capture_cap;
+    let truncated = cut_short || addresses.len() >= capture_cap;
     Traceback::new(
         frames.into_iter().map(|f| f.frame).collect(),
         site,

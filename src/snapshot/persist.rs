@@ -7,7 +7,8 @@
 //!        12  body_len   u64 LE   bytes of the body
 //!        20  crc32      u32 LE   CRC-32 of the body
 //!        24  body:
-//!            traceback_limit u32, capture_mode u8, call_sites_without_lines u32
+//!            traceback_limit u32, capture_mode u8 (0 undecided, 1 frame pointers, 2 backtrace,
+//!            3 unwind tables), call_sites_without_lines u32
 //!            strings    u32 count, then (u32 length, UTF-8 bytes) each
 //!            frames     u32 count, then (filename, path, function: u32 string index; lineno u32)
 //!            tracebacks u32 count, then (u32 nframes, u32 call_site, u32 limit, u8 truncated,
@@ -95,6 +96,7 @@ impl Snapshot {
             CaptureMode::Undecided => 0,
             CaptureMode::FramePointers => 1,
             CaptureMode::Backtrace => 2,
+            CaptureMode::UnwindTables => 3,
         });
         body.u32(self.call_sites_without_lines as u32);
         body.u32(strings.items.len() as u32);
@@ -202,6 +204,7 @@ impl Snapshot {
             0 => CaptureMode::Undecided,
             1 => CaptureMode::FramePointers,
             2 => CaptureMode::Backtrace,
+            3 => CaptureMode::UnwindTables,
             other => {
                 return Err(corrupt(
                     mode_at as u64,

@@ -1,10 +1,15 @@
 //! Capturing return addresses on the hot path.
 //!
-//! The default is a frame-pointer walk (~1 ns a frame), bounds-checked against the current
-//! thread's stack so that code built without frame pointers yields a short or empty stack,
-//! never a crash. The first traced allocation compares the walk with `backtrace` on the same
-//! stack; when they disagree, every later capture uses `backtrace::trace_unsynchronized`
-//! (DWARF unwinding, ~100 ns a frame), and that choice is reported once on stderr and in every
+//! Three ways, chosen once by a self-test on the first traced allocation's stack, with
+//! `backtrace::trace` (libgcc's DWARF unwinder) as the reference:
+//! 1. a frame-pointer walk (~1 ns a frame), bounds-checked against the current thread's stack
+//!    so that code built without frame pointers yields a short stack, never a crash; used when
+//!    it matches the reference;
+//! 2. otherwise, on x86_64 Linux, the unwind-rule cache (`cfi.rs`, ~5 ns a frame warm), when it
+//!    matches the reference frame for frame;
+//! 3. otherwise `backtrace::trace_unsynchronized` itself (~100 ns a frame).
+//!
+//! The choice is reported once on stderr when it is not the frame-pointer walk, and in every
 //! snapshot.
 
 use std::mem::MaybeUninit;
@@ -19,8 +24,12 @@ pub enum CaptureMode {
     /// Frame-pointer walk: fast and exact (the build has frame pointers).
     FramePointers,
     /// DWARF unwinding through `backtrace::trace_unsynchronized`: exact but ~100× slower per
-    /// allocation; chosen when the frame-pointer walk did not match the unwinder.
+    /// allocation; chosen when neither faster way matched it.
     Backtrace,
+    /// tracealloc's cache of unwind rules read from `.eh_frame` (x86_64 Linux): exact without
+    /// frame pointers, ~5 ns a frame once warm; chosen when the frame-pointer walk did not
+    /// match the DWARF unwinder and the rule cache did, frame for frame.
+    UnwindTables,
 }
 
 impl std::fmt::Display for CaptureMode {
@@ -29,6 +38,7 @@ impl std::fmt::Display for CaptureMode {
             CaptureMode::Undecided => "undecided",
             CaptureMode::FramePointers => "frame-pointers",
             CaptureMode::Backtrace => "backtrace",
+            CaptureMode::UnwindTables => "unwind-tables",
         })
     }
 }
@@ -37,6 +47,11 @@ const UNDECIDED: u8 = 0;
 const CHECKING: u8 = 1;
 const FRAME_POINTERS: u8 = 2;
 const BACKTRACE: u8 = 3;
+const UNWIND_TABLES: u8 = 4;
+
+/// Written after the last frame of a stack that could not be finished (a frame without unwind
+/// information): the snapshot marks it truncated. Never a return address (page 0 is unmapped).
+pub(crate) const CUT_SHORT: usize = 1;
 
 static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
 
@@ -44,6 +59,7 @@ pub(crate) fn mode() -> CaptureMode {
     match MODE.load(Ordering::Relaxed) {
         FRAME_POINTERS => CaptureMode::FramePointers,
         BACKTRACE => CaptureMode::Backtrace,
+        UNWIND_TABLES => CaptureMode::UnwindTables,
         _ => CaptureMode::Undecided,
     }
 }
@@ -56,9 +72,42 @@ pub(crate) fn mode() -> CaptureMode {
 pub(crate) fn capture(buf: &mut [MaybeUninit<usize>]) -> usize {
     match MODE.load(Ordering::Relaxed) {
         FRAME_POINTERS => fp_walk(buf),
+        UNWIND_TABLES => tables(buf),
         BACKTRACE => unwind(buf),
         _ => calibrate(buf),
     }
+}
+
+/// Captures with the unwind-rule cache; a stack it cannot finish ends with [`CUT_SHORT`].
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[inline(always)]
+fn tables(buf: &mut [MaybeUninit<usize>]) -> usize {
+    thread_local! {
+        static CAPTURES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    // Every 1024 captures of a thread, look for unloaded modules (their cached rules retire).
+    let due = CAPTURES
+        .try_with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n % 1024 == 0
+        })
+        .unwrap_or(false);
+    if due {
+        super::cfi::check_unloads();
+    }
+    let (n, clean) = super::cfi::unwind(buf, stack_top());
+    if !clean && n < buf.len() {
+        buf[n].write(CUT_SHORT);
+        return n + 1;
+    }
+    n
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[inline(always)]
+fn tables(buf: &mut [MaybeUninit<usize>]) -> usize {
+    unwind(buf)
 }
 
 /// Decides the capture mode on the current stack, then captures.
@@ -72,19 +121,26 @@ fn calibrate(buf: &mut [MaybeUninit<usize>]) -> usize {
         // Another thread is deciding (or has decided); the unwinder is always right.
         return match MODE.load(Ordering::Acquire) {
             FRAME_POINTERS => fp_walk(buf),
+            UNWIND_TABLES => tables(buf),
             _ => unwind(buf),
         };
     }
-    let works = frame_pointers_match_unwinder();
-    MODE.store(
-        if works { FRAME_POINTERS } else { BACKTRACE },
-        Ordering::Release,
-    );
-    if !works {
+    let forced = forced_mode();
+    let chosen = if let Some(mode) = forced {
+        mode
+    } else if frame_pointers_match_unwinder() {
+        FRAME_POINTERS
+    } else if tables_match_unwinder() {
+        UNWIND_TABLES
+    } else {
+        BACKTRACE
+    };
+    MODE.store(chosen, Ordering::Release);
+    if chosen == BACKTRACE && forced.is_none() {
         say(concat!(
-            "tracealloc: frame pointers are missing, so stacks are captured with the much slower ",
-            "DWARF unwinder (backtrace). Build with RUSTFLAGS=\"-C force-frame-pointers=yes\" ",
-            "(or [build] rustflags in .cargo/config.toml) for the fast path.\n"
+            "tracealloc: frame pointers are missing and the unwind-table cache is not available ",
+            "here, so stacks are captured with the much slower DWARF unwinder (backtrace). Build ",
+            "with RUSTFLAGS=\"-C force-frame-pointers=yes\" for the fast path.\n"
         ));
     }
     capture(buf)
@@ -119,6 +175,65 @@ fn frame_pointers_match_unwinder() -> bool {
         )
     };
     walk_agrees(walked, unwound)
+}
+
+/// Compares the unwind-rule cache with the DWARF unwinder on the current stack: every frame
+/// must be equal, to the outermost.
+#[inline(never)]
+fn tables_match_unwinder() -> bool {
+    let mut walked = [MaybeUninit::uninit(); CHECK_DEPTH];
+    let mut unwound = [MaybeUninit::uninit(); CHECK_DEPTH];
+    let n_walked = tables(&mut walked);
+    let n_unwound = unwind(&mut unwound);
+    // SAFETY: `tables` and `unwind` initialize the first `n` slots they return.
+    let (walked, unwound) = unsafe {
+        (
+            slice_assume_init(&walked[..n_walked]),
+            slice_assume_init(&unwound[..n_unwound]),
+        )
+    };
+    tables_agree(walked, unwound)
+}
+
+/// The rule of [`tables_match_unwinder`]: line the two up on the walk's second frame, then
+/// every frame equal and both at their end (the reference's trailing null frame aside).
+pub(crate) fn tables_agree(walked: &[usize], unwound: &[usize]) -> bool {
+    let unwound = match unwound.iter().rposition(|&ip| ip != 0) {
+        Some(last) => &unwound[..=last],
+        None => return false,
+    };
+    if walked.len() < 3 || walked.contains(&CUT_SHORT) || unwound.len() >= CHECK_DEPTH {
+        return false;
+    }
+    let Some(start) = unwound.iter().position(|&ip| ip == walked[1]) else {
+        return false;
+    };
+    unwound[start..] == walked[1..]
+}
+
+/// `TRACEALLOC_CAPTURE=frame-pointers|unwind-tables|backtrace` skips the self-test (for
+/// measuring each way on one build, and for programs whose allocations run through C code
+/// without frame pointers, where the walk stops early). Read without allocating.
+fn forced_mode() -> Option<u8> {
+    // SAFETY: getenv with a NUL-terminated name; the result is read before anything else can
+    // change the environment in this single decision.
+    let value = unsafe { libc::getenv(c"TRACEALLOC_CAPTURE".as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returned a NUL-terminated string.
+    let value = unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes();
+    match value {
+        b"frame-pointers" => Some(FRAME_POINTERS),
+        b"unwind-tables" if cfg!(all(target_arch = "x86_64", target_os = "linux")) => {
+            Some(UNWIND_TABLES)
+        }
+        b"backtrace" => Some(BACKTRACE),
+        _ => {
+            say("tracealloc: TRACEALLOC_CAPTURE must be frame-pointers, unwind-tables or backtrace; ignored\n");
+            None
+        }
+    }
 }
 
 /// The rule of [`frame_pointers_match_unwinder`] on two captured stacks.
@@ -286,6 +401,11 @@ fn frame_and_stack_pointer() -> (usize, usize) {
 fn frame_and_stack_pointer() -> (usize, usize) {
     // No walker for this architecture: an empty walk, so calibration picks the unwinder.
     (0, usize::MAX)
+}
+
+/// This thread's stack top (0 when unknown).
+pub(crate) fn current_stack_top() -> usize {
+    stack_top()
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Stacks: capture on the hot path, interning, and symbolization on the cold path.
 
 pub(crate) mod capture;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) mod cfi;
 pub(crate) mod intern;
 pub(crate) mod symbolize;
 
