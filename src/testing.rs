@@ -391,6 +391,31 @@ pub fn parse_size(text: &str) -> Result<usize, Error> {
 pub mod __private {
     use super::*;
 
+    /// The frame-pointer walk, for benchmarks: like [`unwind_tables`].
+    #[inline(never)]
+    pub fn capture_frame_pointers(buf: &mut [usize]) -> usize {
+        // SAFETY: MaybeUninit<usize> has usize's layout; the walk only writes to it.
+        let slots = unsafe { &mut *(buf as *mut [usize] as *mut [std::mem::MaybeUninit<usize>]) };
+        let n = crate::stack::capture::fp_walk(slots);
+        std::hint::black_box(n)
+    }
+
+    /// `backtrace::trace_unsynchronized`, for benchmarks: like [`unwind_tables`].
+    #[inline(never)]
+    pub fn capture_backtrace(buf: &mut [usize]) -> usize {
+        // SAFETY: MaybeUninit<usize> has usize's layout; the unwinder only writes to it.
+        let slots = unsafe { &mut *(buf as *mut [usize] as *mut [std::mem::MaybeUninit<usize>]) };
+        let n = crate::stack::capture::unwind_for_benches(slots);
+        std::hint::black_box(n)
+    }
+
+    /// Sets how stacks are captured from now on, skipping the self-test: for benchmarks that
+    /// compare the ways in one process. `Undecided` is ignored. Only use a way that works in
+    /// this build.
+    pub fn force_capture_mode(mode: crate::CaptureMode) {
+        crate::stack::capture::force(mode);
+    }
+
     /// The unwind-rule cache, for the test comparing it with `backtrace::trace`: fills `buf`
     /// with return addresses, innermost first (the first is the return into the caller), and
     /// says whether the stack ended cleanly. `None` where the cache does not exist (it is

@@ -403,6 +403,24 @@ fn frame_and_stack_pointer() -> (usize, usize) {
     (0, usize::MAX)
 }
 
+/// `backtrace::trace_unsynchronized` capture, for benchmarks.
+pub(crate) fn unwind_for_benches(buf: &mut [MaybeUninit<usize>]) -> usize {
+    unwind(buf)
+}
+
+/// Sets the capture mode, skipping the self-test (benchmarks).
+pub(crate) fn force(mode: CaptureMode) {
+    let value = match mode {
+        CaptureMode::FramePointers => FRAME_POINTERS,
+        CaptureMode::Backtrace => BACKTRACE,
+        CaptureMode::UnwindTables if cfg!(all(target_arch = "x86_64", target_os = "linux")) => {
+            UNWIND_TABLES
+        }
+        _ => return,
+    };
+    MODE.store(value, Ordering::Release);
+}
+
 /// This thread's stack top (0 when unknown).
 pub(crate) fn current_stack_top() -> usize {
     stack_top()

@@ -60,22 +60,37 @@ const KIND_MASK: u64 = 3 << KIND_SHIFT;
 const NORMAL: u64 = 1 << KIND_SHIFT;
 const END: u64 = 2 << KIND_SHIFT;
 
+/// The set of `key`: code addresses are dense and varied in their low bits, so a shift and an
+/// xor spread them well enough, and keep a multiply off the critical path of the walk (each
+/// frame's lookup waits on the previous frame's load).
+#[inline(always)]
+fn set_of(key: usize) -> usize {
+    ((key >> 3) ^ (key >> (3 + SET_BITS))) & ((1 << SET_BITS) - 1)
+}
+
+/// The key's hash, for the tag (off the critical path: compared after the loads).
 #[inline(always)]
 fn spread(key: usize) -> u64 {
     (key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The generation, mixed, as the tags fold it in (read once per capture).
 #[inline(always)]
-fn tag(h: u64) -> u64 {
-    // Bits the set index does not use, with the generation folded in.
-    ((h as u32) ^ GENERATION.load(Relaxed).wrapping_mul(0x9E37_79B9)) as u64 | 1
+fn generation_mix() -> u32 {
+    GENERATION.load(Relaxed).wrapping_mul(0x9E37_79B9)
 }
 
 #[inline(always)]
-fn lookup(key: usize) -> u64 {
+fn tag(h: u64, generation: u32) -> u64 {
+    // The hash's high bits, with the generation folded in; never 0.
+    (((h >> 32) as u32) ^ generation) as u64 | 1
+}
+
+#[inline(always)]
+fn lookup(key: usize, generation: u32) -> u64 {
     let h = spread(key);
-    let set = &TABLE[(h >> (64 - SET_BITS)) as usize];
-    let want = tag(h);
+    let set = &TABLE[set_of(key)];
+    let want = tag(h, generation);
     for slot in set {
         if slot.key.load(Relaxed) == key {
             let rule = slot.rule.load(Relaxed);
@@ -89,8 +104,8 @@ fn lookup(key: usize) -> u64 {
 
 fn store(key: usize, rule_without_tag: u64) -> u64 {
     let h = spread(key);
-    let set = &TABLE[(h >> (64 - SET_BITS)) as usize];
-    let rule = rule_without_tag | (tag(h) << 32);
+    let set = &TABLE[set_of(key)];
+    let rule = rule_without_tag | (tag(h, generation_mix()) << 32);
     let way = set
         .iter()
         .position(|s| s.key.load(Relaxed) == 0)
@@ -137,18 +152,25 @@ fn walk(
     buf: &mut [MaybeUninit<usize>],
 ) -> (usize, bool) {
     let low = sp;
+    let span = top.wrapping_sub(low);
+    if top <= low || span < 8 {
+        return (0, false);
+    }
+    // Readable: 8-aligned words in [low, top), one comparison for both ends.
+    let last = span - 8;
     let read = |at: usize| -> Option<usize> {
-        if at < low || at % 8 != 0 || at.checked_add(8).is_none_or(|end| end > top) {
+        if at.wrapping_sub(low) > last || at % 8 != 0 {
             return None;
         }
         // SAFETY: `at` is 8-aligned and [at, at + 8) lies in this thread's stack, between the
         // stack pointer at capture time and the stack's upper end.
         Some(unsafe { (at as *const usize).read() })
     };
+    let generation = generation_mix();
     let mut key = ip;
     let mut n = 0;
     while n < buf.len() {
-        let mut rule = lookup(key);
+        let mut rule = lookup(key, generation);
         if rule == 0 {
             rule = miss(key);
             if rule == 0 {
@@ -436,12 +458,16 @@ mod tests {
     fn rules_pack_and_races_read_as_misses() {
         // A key stored, then found; another key in the same slot makes it miss.
         let key = 0x5555_0000_1234;
-        assert_eq!(lookup(key), 0);
+        assert_eq!(lookup(key, generation_mix()), 0);
         let rule = store(key, NORMAL | 16);
-        assert_eq!(lookup(key), rule);
+        assert_eq!(lookup(key, generation_mix()), rule);
         assert_eq!(rule & 0xFFFF, 16);
         GENERATION.fetch_add(1, Relaxed);
-        assert_eq!(lookup(key), 0, "a new generation retires old rules");
+        assert_eq!(
+            lookup(key, generation_mix()),
+            0,
+            "a new generation retires old rules"
+        );
     }
 
     #[test]
