@@ -5,8 +5,10 @@
 //! - the rule cache with 1,024 distinct call sites (7-frame captures, round robin);
 //! - a traced 64 B alloc+free pair with each capture way, and `System`'s pair as the baseline.
 //!
-//!     cargo bench --bench capture                               # frame pointers: every way
-//!     RUSTFLAGS="" CARGO_TARGET_DIR=target/nofp cargo bench --bench capture   # no frame pointers
+//! ```text
+//! cargo bench --bench capture                                              # every way
+//! RUSTFLAGS="" CARGO_TARGET_DIR=target/nofp cargo bench --bench capture    # no frame pointers
+//! ```
 //!
 //! Without frame pointers the walk rows are meaningless (the walk stops after a frame or two)
 //! and are left out.
@@ -92,8 +94,10 @@ fn site<const A: usize, const B: usize>(way: Way) -> usize {
     black_box(at_depth(black_box(0), way))
 }
 
+type Site = fn(Way) -> usize;
+
 macro_rules! row {
-    ($a:literal; $($b:literal)*) => { [$(site::<$a, $b> as fn(Way) -> usize),*] };
+    ($a:literal; $($b:literal)*) => { [$(site::<$a, $b> as Site),*] };
 }
 macro_rules! table {
     ($($a:literal)*) => {
@@ -109,7 +113,7 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(11);
-    let sites: [[fn(Way) -> usize; 32]; 32] = table!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+    let sites: [[Site; 32]; 32] = table!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
 
     // Captures run on a thread of their own: its stack is short (clone3, start_thread, std's
     // thread start), so depths of 7 are reachable.
