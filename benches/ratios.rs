@@ -104,7 +104,12 @@ fn main() {
         .iter()
         .map(|s| Row::new(&format!("pair/{s}B stopped / system")))
         .collect();
+    let mut sampled_rows: Vec<Row> = sizes
+        .iter()
+        .map(|s| Row::new(&format!("pair/{s}B sampled (512 KiB) / system")))
+        .collect();
     let mut mixed_row = Row::new("mixed traced / stopped");
+    let mut mixed_sampled_row = Row::new("mixed sampled (512 KiB) / stopped");
     let layouts: Vec<Layout> = sizes
         .iter()
         .map(|&s| Layout::from_size_align(s, 8).unwrap())
@@ -125,8 +130,14 @@ fn main() {
             tracealloc::stop();
             let stopped = ns_per_op(|| pair(&GLOBAL, layout), iters[i]);
             let system = ns_per_op(|| pair(&System, layout), iters[i]);
+            tracealloc::start(16).unwrap();
+            tracealloc::set_sampling(Some(tracealloc::DEFAULT_SAMPLE_MEAN)).unwrap();
+            let sampled = ns_per_op(|| pair(&GLOBAL, layout), iters[i]);
+            tracealloc::set_sampling(None).unwrap();
+            tracealloc::stop();
             traced_rows[i].push(system, traced);
             stopped_rows[i].push(system, stopped);
+            sampled_rows[i].push(system, sampled);
         }
         tracealloc::stop();
         let stopped = ns_per_op(
@@ -143,6 +154,15 @@ fn main() {
             mixed_iters,
         );
         mixed_row.push(stopped, traced);
+        tracealloc::set_sampling(Some(tracealloc::DEFAULT_SAMPLE_MEAN)).unwrap();
+        let sampled = ns_per_op(
+            || {
+                mixed_workload();
+            },
+            mixed_iters,
+        );
+        tracealloc::set_sampling(None).unwrap();
+        mixed_sampled_row.push(stopped, sampled);
     }
 
     println!(
@@ -152,11 +172,16 @@ fn main() {
     println!();
     println!("| benchmark | baseline (ns) | measured (ns) | median ratio | per-round range |");
     println!("|---|---|---|---|---|");
-    for row in traced_rows.iter_mut().chain(stopped_rows.iter_mut()) {
+    for row in traced_rows
+        .iter_mut()
+        .chain(stopped_rows.iter_mut())
+        .chain(sampled_rows.iter_mut())
+    {
         row.print("ns", 1.0);
     }
     println!("(mixed: µs per workload)");
     mixed_row.print("µs", 1000.0);
+    mixed_sampled_row.print("µs", 1000.0);
 
     snapshot_of_a_million_blocks();
 }

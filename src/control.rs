@@ -6,7 +6,7 @@ use crate::snapshot::{self, Snapshot, Traceback};
 use crate::stack::capture;
 use crate::stack::CaptureMode;
 use crate::tracer::{self, MAX_FRAMES};
-use crate::{counters, meta, table};
+use crate::{counters, meta, sample, table};
 
 /// Traced memory, in requested bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -24,6 +24,9 @@ pub struct TracedMemory {
     /// Blocks not traced because the tracer could not allocate its own record. Always 0 unless
     /// the system ran out of memory; those blocks are missing from `current` and snapshots.
     pub dropped_blocks: u64,
+    /// `Some(mean bytes)` when the tracer samples: every figure above is then an unbiased
+    /// estimate, not an exact count.
+    pub sampled: Option<usize>,
 }
 
 /// Starts tracing with a traceback limit of `nframe` frames, or, when tracing already, applies
@@ -76,7 +79,48 @@ pub fn traced_memory() -> TracedMemory {
         allocated_bytes,
         allocated_blocks,
         dropped_blocks,
+        sampled: sampling(),
     }
+}
+
+/// Switches between exact tracing (`None`) and Poisson sampling with a mean of `mean_bytes`
+/// between samples (`Some(DEFAULT_SAMPLE_MEAN)` is 512 KiB). The traces and totals recorded so
+/// far are forgotten, as their weights would no longer match (as `start` after `stop`);
+/// tracing stays on or off as it was. Other threads draw their next sample point with the new
+/// mean once their current one is reached. `Some(0)` is an [`Error::InvalidSampleMean`].
+pub fn set_sampling(mean_bytes: Option<usize>) -> Result<(), Error> {
+    if mean_bytes == Some(0) {
+        return Err(Error::InvalidSampleMean);
+    }
+    ensure_installed()?;
+    let mean = mean_bytes.unwrap_or(0);
+    if mean == sample::mean() {
+        return Ok(());
+    }
+    let was_on = tracer::switch_off();
+    table::clear();
+    table::reset_totals();
+    counters::reset_dropped();
+    counters::reset_peak();
+    sample::set_mean(mean);
+    if was_on {
+        counters::mark_start();
+        tracer::switch_on();
+    }
+    Ok(())
+}
+
+/// `Some(mean bytes between samples)` when the tracer samples, `None` when it traces every
+/// allocation.
+pub fn sampling() -> Option<usize> {
+    Some(sample::mean()).filter(|&m| m != 0)
+}
+
+/// Seeds the sampling's random generator (each thread's is the seed mixed with the order in
+/// which threads first sample), so that a program run twice samples the same allocations.
+/// The calling thread restarts its count now, the others at their next sample point.
+pub fn set_sampling_seed(seed: u64) {
+    sample::set_seed(seed);
 }
 
 /// Sets the peak to the current traced memory, to measure the peak of what follows.

@@ -39,6 +39,13 @@ pub enum Error {
         /// The interval asked for.
         interval: std::time::Duration,
     },
+    /// A sampling mean of 0 bytes (use `None` for exact tracing).
+    InvalidSampleMean,
+    /// Heap assertions need every allocation, and the tracer samples.
+    Sampled {
+        /// Mean bytes between samples.
+        mean: usize,
+    },
     /// There is nothing to draw.
     Empty {
         /// What is missing.
@@ -100,6 +107,16 @@ impl fmt::Display for Error {
             Error::InvalidInterval { interval } => write!(
                 f,
                 "a timeline interval must be at least 1 ms, got {interval:?}"
+            ),
+            Error::InvalidSampleMean => f.write_str(
+                "a sampling mean must be at least 1 byte; use None for exact tracing",
+            ),
+            Error::Sampled { mean } => write!(
+                f,
+                "heap assertions need exact tracing, and this tracer samples (one allocation per \
+                 {} on average): use Tracer::new() without .sampled(), or call \
+                 tracealloc::set_sampling(None) first",
+                crate::format_size(*mean as f64, false)
             ),
             Error::Empty { what } => write!(f, "nothing to show: {what}"),
             Error::Output { format, reason } => write!(f, "could not write the {format}: {reason}"),

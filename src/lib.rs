@@ -84,6 +84,7 @@ mod format;
 mod guard;
 mod lock;
 mod meta;
+mod sample;
 mod scope;
 mod snapshot;
 mod stack;
@@ -95,12 +96,14 @@ mod tracer;
 mod macros;
 
 pub use control::{
-    capture_mode, clear_traces, is_tracing, object_traceback, reset_peak, start, stop,
-    take_snapshot, traceback_limit, traced_memory, tracer_allocations, tracer_memory, TracedMemory,
+    capture_mode, clear_traces, is_tracing, object_traceback, reset_peak, sampling, set_sampling,
+    set_sampling_seed, start, stop, take_snapshot, traceback_limit, traced_memory,
+    tracer_allocations, tracer_memory, TracedMemory,
 };
 pub use environment::{process_memory, ProcessMemory};
 pub use error::Error;
 pub use format::format_size;
+pub use sample::DEFAULT_SAMPLE_MEAN;
 pub use snapshot::{
     Filter, Frame, GroupBy, Metric, Report, Snapshot, Statistic, StatisticDiff, Trace, Traceback,
 };

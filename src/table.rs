@@ -20,6 +20,7 @@
 use crate::counters;
 use crate::lock::{SpinGuard, SpinLock};
 use crate::meta::{MetaAlloc, Padded};
+use crate::sample;
 use crate::stack::StackId;
 use hashbrown::HashTable;
 
@@ -70,13 +71,14 @@ impl Shard {
     #[inline]
     fn release(&mut self, stack: StackId, size: usize, add: bool) {
         let h = stack_hash(stack);
+        let (bytes, blocks) = sample::accounted_totals(size);
         if let Some(r) = self.released.find_mut(h, |r| r.stack == stack) {
             if add {
-                r.bytes += size as u64;
-                r.blocks += 1;
+                r.bytes += bytes;
+                r.blocks += blocks;
             } else {
-                r.bytes -= size as u64;
-                r.blocks -= 1;
+                r.bytes = r.bytes.saturating_sub(bytes);
+                r.blocks = r.blocks.saturating_sub(blocks);
             }
             return;
         }
@@ -95,8 +97,8 @@ impl Shard {
             h,
             Released {
                 stack,
-                bytes: size as u64,
-                blocks: 1,
+                bytes,
+                blocks,
             },
             |r| stack_hash(r.stack),
         );
@@ -149,12 +151,13 @@ pub(crate) fn insert(
 ) -> Result<Option<Entry>, ()> {
     let (mut shard, h) = locate(address);
     let shard = &mut *shard;
-    shard.allocated_bytes += size as u64;
-    shard.allocated_blocks += 1;
+    let (bytes, blocks) = sample::accounted_totals(size);
+    shard.allocated_bytes += bytes;
+    shard.allocated_blocks += blocks;
     if let Some(stale) = shard.live.find_mut(h, |e| e.address == address) {
         // A record survived a free we did not see (a race with `stop`); the address is live
         // again, so the old block is gone.
-        counters::removed(stale.size);
+        counters::removed(sample::accounted(stale.size));
         let old = *stale;
         *stale = Entry {
             address,
@@ -163,7 +166,7 @@ pub(crate) fn insert(
             scope,
         };
         shard.release(old.stack, old.size, true);
-        counters::added(size);
+        counters::added(sample::accounted(size));
         return Ok(Some(old));
     }
     if shard.live.try_reserve(1, rehash).is_err() {
@@ -179,7 +182,7 @@ pub(crate) fn insert(
         },
         rehash,
     );
-    counters::added(size);
+    counters::added(sample::accounted(size));
     Ok(None)
 }
 
@@ -190,7 +193,7 @@ pub(crate) fn restore(entry: Entry) {
     if shard.live.try_reserve(1, rehash).is_ok() {
         shard.live.insert_unique(h, entry, rehash);
         shard.release(entry.stack, entry.size, false);
-        counters::restored(entry.size);
+        counters::restored(sample::accounted(entry.size));
     }
 }
 
@@ -204,7 +207,7 @@ pub(crate) fn remove(address: usize) -> Option<Entry> {
         .ok()?
         .remove();
     shard.release(entry.stack, entry.size, true);
-    counters::removed(entry.size);
+    counters::removed(sample::accounted(entry.size));
     Some(entry)
 }
 
@@ -260,24 +263,34 @@ pub(crate) fn clear() {
         let live = std::mem::replace(&mut shard.live, HashTable::new_in(MetaAlloc));
         let mut held = 0;
         for e in &live {
-            held += e.size;
+            held += sample::accounted(e.size);
             shard.release(e.stack, e.size, true);
         }
         // Freeing `live` under the lock is safe: it goes to `System`, never to the tracer.
         drop(live);
         counters::removed(held);
     }
+    sample::clear_marks();
 }
 
 /// Bytes and blocks allocated since the last `reset_totals`, summed over the shards.
+/// Bytes and blocks recorded since the totals were reset (estimates while sampling).
 pub(crate) fn totals() -> (u64, u64) {
-    SHARDS_TABLE.iter().fold((0, 0), |(bytes, blocks), shard| {
+    let (bytes, blocks) = SHARDS_TABLE.iter().fold((0, 0), |(bytes, blocks), shard| {
         let shard = lock(shard);
         (
             bytes + shard.allocated_bytes,
             blocks + shard.allocated_blocks,
         )
-    })
+    });
+    if sample::mean() != 0 {
+        (
+            bytes,
+            (blocks + sample::BLOCK_UNIT / 2) / sample::BLOCK_UNIT,
+        )
+    } else {
+        (bytes, blocks)
+    }
 }
 
 pub(crate) fn reset_totals() {

@@ -216,9 +216,13 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
 }
 
 /// [`measure`], returning an error instead of panicking when nothing can be measured
-/// (`Error::NotInstalled`, `Error::NotTracing`).
+/// (`Error::NotInstalled`, `Error::NotTracing`, or `Error::Sampled`: heap assertions need every
+/// allocation, and a sampling tracer records few).
 pub fn try_measure<R>(f: impl FnOnce() -> R) -> Result<(R, Measurement), Error> {
     control::ensure_tracing()?;
+    if let Some(mean) = control::sampling() {
+        return Err(Error::Sampled { mean });
+    }
     let parent = scope::current_id();
     let id = scope::open(parent).ok_or(Error::ScopeUnavailable)?;
     /// Leaves and ends the scope even if `f` panics.

@@ -30,6 +30,8 @@ const MAX_CAPTURE: usize = MAX_FRAMES + MACHINERY_FRAMES;
 const UNINIT: u8 = 0;
 const OFF: u8 = 1;
 const ON: u8 = 2;
+/// Tracing a Poisson sample of the allocations (see `sample.rs`).
+const SAMPLED: u8 = 3;
 
 /// UNINIT until the first allocation goes through a `Tracer` (which proves it is installed).
 static STATUS: AtomicU8 = AtomicU8::new(UNINIT);
@@ -51,6 +53,7 @@ pub struct Tracer<A = System> {
     inner: A,
     frames: usize,
     start_stopped: bool,
+    sample_mean: usize,
 }
 
 impl Tracer<System> {
@@ -73,6 +76,7 @@ impl<A> Tracer<A> {
             inner,
             frames: DEFAULT_FRAMES,
             start_stopped: false,
+            sample_mean: 0,
         }
     }
 
@@ -85,6 +89,17 @@ impl<A> Tracer<A> {
         } else {
             n
         };
+        self
+    }
+
+    /// Records a Poisson sample of the allocations instead of every one, for always-on use:
+    /// on average one allocation per `mean_bytes` bytes allocated
+    /// ([`DEFAULT_SAMPLE_MEAN`](crate::DEFAULT_SAMPLE_MEAN), 512 KiB, is what Go, jemalloc and
+    /// tcmalloc use). Every figure is then an unbiased estimate, and marked as one; heap
+    /// assertions refuse to run. `mean_bytes` of 0 means exact tracing.
+    /// [`set_sampling`](crate::set_sampling) changes it at run time.
+    pub const fn sampled(mut self, mean_bytes: usize) -> Self {
+        self.sample_mean = mean_bytes;
         self
     }
 
@@ -103,9 +118,15 @@ impl<A> Tracer<A> {
     /// allocation), and called in tail position so the untraced path saves no registers.
     #[inline(never)]
     fn traced(&self, ptr: *mut u8, size: usize) -> *mut u8 {
-        let status = STATUS.load(Relaxed);
-        if status == ON || (status == UNINIT && self.first_use()) {
-            record(ptr as usize, size);
+        let mut status = STATUS.load(Relaxed);
+        if status == UNINIT {
+            status = self.first_use();
+            if status == SAMPLED && !crate::sample::due(size) {
+                return ptr;
+            }
+        }
+        if status == ON || status == SAMPLED {
+            record(ptr as usize, size, status == SAMPLED);
         }
         ptr
     }
@@ -124,19 +145,22 @@ impl<A> Tracer<A> {
         unsafe { self.inner.dealloc(ptr, layout) }
     }
 
-    /// Runs once per process: applies this tracer's settings. Returns whether tracing is on.
+    /// Runs once per process: applies this tracer's settings. Returns the status.
     #[cold]
     #[inline(never)]
-    fn first_use(&self) -> bool {
-        let wanted = if self.start_stopped { OFF } else { ON };
+    fn first_use(&self) -> u8 {
+        if self.sample_mean != 0 && crate::sample::mean() == 0 {
+            crate::sample::set_mean(self.sample_mean);
+        }
+        let wanted = if self.start_stopped { OFF } else { on_value() };
         match STATUS.compare_exchange(UNINIT, wanted, Relaxed, Relaxed) {
             Ok(_) => {
                 crate::counters::mark_start();
                 let from_environment = crate::environment::read_at_startup();
                 set_limit(from_environment.unwrap_or(self.frames));
-                wanted == ON
+                wanted
             }
-            Err(now) => now == ON,
+            Err(now) => now,
         }
     }
 }
@@ -148,7 +172,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller upholds `alloc`'s contract for `layout`.
         let ptr = unsafe { self.inner.alloc(layout) };
-        if STATUS.load(Relaxed) != OFF && !ptr.is_null() {
+        let status = STATUS.load(Relaxed);
+        if status != OFF && !ptr.is_null() {
+            if status == SAMPLED && !crate::sample::due(layout.size()) {
+                return ptr;
+            }
             return self.traced(ptr, layout.size());
         }
         ptr
@@ -158,7 +186,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller upholds `alloc_zeroed`'s contract for `layout`.
         let ptr = unsafe { self.inner.alloc_zeroed(layout) };
-        if STATUS.load(Relaxed) != OFF && !ptr.is_null() {
+        let status = STATUS.load(Relaxed);
+        if status != OFF && !ptr.is_null() {
+            if status == SAMPLED && !crate::sample::due(layout.size()) {
+                return ptr;
+            }
             return self.traced(ptr, layout.size());
         }
         ptr
@@ -166,7 +198,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if STATUS.load(Relaxed) == ON {
+        let status = STATUS.load(Relaxed);
+        if status == ON || (status == SAMPLED && crate::sample::maybe_recorded(ptr as usize)) {
             // SAFETY: forwarded contract.
             return unsafe { self.dealloc_traced(ptr, layout) };
         }
@@ -176,23 +209,32 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let old = if STATUS.load(Relaxed) == ON {
-            forget(ptr as usize)
-        } else {
-            None
-        };
+        let status = STATUS.load(Relaxed);
+        let old =
+            if status == ON || (status == SAMPLED && crate::sample::maybe_recorded(ptr as usize)) {
+                forget(ptr as usize)
+            } else {
+                None
+            };
         // SAFETY: the caller upholds `realloc`'s contract for `ptr`, `layout` and `new_size`.
         let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
         if new.is_null() {
             if let Some(old) = old {
                 table::restore(old);
+                if status == SAMPLED {
+                    crate::sample::mark(old.address);
+                }
                 if old.scope != 0 {
                     scope::restored(old.scope, old.stack, old.size);
                 }
             }
             return new;
         }
-        if STATUS.load(Relaxed) != OFF {
+        let status = STATUS.load(Relaxed);
+        if status != OFF {
+            if status == SAMPLED && !crate::sample::due(new_size) {
+                return new;
+            }
             return self.traced(new, new_size);
         }
         new
@@ -202,7 +244,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
 /// Records a new live block. Not generic: compiled once, with tracealloc's own optimization
 /// level, and kept out of the callers' code.
 #[inline(never)]
-fn record(address: usize, size: usize) {
+fn record(address: usize, size: usize, sampled: bool) {
     let Some(_guard) = Guard::enter() else {
         // The tracer itself is allocating (table growth is not: it bypasses the global
         // allocator; this is symbolization, the unwinder fallback, snapshot assembly).
@@ -221,6 +263,9 @@ fn record(address: usize, size: usize) {
     };
     match table::insert(address, size, stack, scope) {
         Ok(stale) => {
+            if sampled {
+                crate::sample::mark(address);
+            }
             if let Some(stale) = stale {
                 scope::freed(&stale);
             }
@@ -236,6 +281,9 @@ fn record(address: usize, size: usize) {
 #[inline]
 fn forget(address: usize) -> Option<table::Entry> {
     let entry = table::remove(address)?;
+    if crate::sample::mean() != 0 {
+        crate::sample::unmark(address);
+    }
     if entry.scope != 0 {
         scope::freed(&entry);
     }
@@ -247,17 +295,31 @@ pub(crate) fn is_installed() -> bool {
 }
 
 pub(crate) fn is_on() -> bool {
-    STATUS.load(Relaxed) == ON
+    matches!(STATUS.load(Relaxed), ON | SAMPLED)
 }
 
-/// OFF → ON; false when already on (or not installed).
+/// The status for "tracing": every allocation, or a sample.
+fn on_value() -> u8 {
+    if crate::sample::mean() != 0 {
+        SAMPLED
+    } else {
+        ON
+    }
+}
+
+/// OFF → tracing; false when already on (or not installed).
 pub(crate) fn switch_on() -> bool {
-    STATUS.compare_exchange(OFF, ON, Relaxed, Relaxed).is_ok()
+    STATUS
+        .compare_exchange(OFF, on_value(), Relaxed, Relaxed)
+        .is_ok()
 }
 
-/// ON → OFF; false when not on.
+/// Tracing → OFF; false when not on.
 pub(crate) fn switch_off() -> bool {
     STATUS.compare_exchange(ON, OFF, Relaxed, Relaxed).is_ok()
+        || STATUS
+            .compare_exchange(SAMPLED, OFF, Relaxed, Relaxed)
+            .is_ok()
 }
 
 pub(crate) fn set_limit(frames: usize) {

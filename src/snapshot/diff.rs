@@ -1,6 +1,6 @@
 //! `compare_to`: what changed between two snapshots.
 
-use super::statistics::{write_average, write_key, GroupBy};
+use super::statistics::{approx, write_average, write_key, GroupBy};
 use super::{Snapshot, Traceback};
 use crate::format::format_size;
 use std::collections::HashMap;
@@ -22,6 +22,8 @@ pub struct StatisticDiff {
     pub count_diff: i64,
     /// The grouping that made this diff.
     pub group_by: GroupBy,
+    /// Whether the figures are estimates (either snapshot was sampled); printed with `~`.
+    pub estimated: bool,
 }
 
 /// tracemalloc's format: `src/parse.rs:6: size=45.6 KiB (+45.6 KiB), count=744 (+744), average=63 B`;
@@ -29,15 +31,16 @@ pub struct StatisticDiff {
 impl fmt::Display for StatisticDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_key(f, &self.traceback, self.group_by)?;
+        let t = approx(self.estimated);
         write!(
             f,
-            ": size={} ({}), count={} ({:+})",
+            ": size={t}{} ({t}{}), count={t}{} ({t}{:+})",
             format_size(self.size as f64, false),
             format_size(self.size_diff as f64, true),
             self.count,
             self.count_diff
         )?;
-        write_average(f, self.size, self.count)
+        write_average(f, self.size, self.count, self.estimated)
     }
 }
 
@@ -51,6 +54,7 @@ impl Snapshot {
             self.statistics(group_by),
             old.statistics(group_by),
             group_by,
+            self.sampled().is_some() || old.sampled().is_some(),
         )
     }
 
@@ -60,6 +64,7 @@ impl Snapshot {
             self.cumulative_statistics(group_by),
             old.cumulative_statistics(group_by),
             group_by,
+            self.sampled().is_some() || old.sampled().is_some(),
         )
     }
 }
@@ -68,6 +73,7 @@ fn diff(
     new: Vec<super::Statistic>,
     old: Vec<super::Statistic>,
     group_by: GroupBy,
+    estimated: bool,
 ) -> Vec<StatisticDiff> {
     // Keyed by the frames shown, as groups are (see `statistics`).
     let mut old: HashMap<Vec<super::Frame>, (Traceback, usize, usize)> = old
@@ -92,6 +98,7 @@ fn diff(
                 size: s.size,
                 count: s.count,
                 group_by,
+                estimated,
             }
         })
         .collect();
@@ -104,6 +111,7 @@ fn diff(
                 count: 0,
                 count_diff: -(count as i64),
                 group_by,
+                estimated,
             }),
     );
     diffs.sort_by(|a, b| {
@@ -191,6 +199,7 @@ mod tests {
                 count,
                 count_diff,
                 group_by: GroupBy::Line,
+                estimated: false,
             };
             assert_eq!(d.to_string(), expected);
         }

@@ -71,6 +71,8 @@ pub struct Snapshot {
     released: Option<Vec<Released>>,
     /// Time from the start of tracing to the snapshot, when known.
     duration: Option<std::time::Duration>,
+    /// Mean bytes between samples when the traces are a Poisson sample; 0 when exact.
+    sample_mean: u64,
     traceback_limit: usize,
     capture_mode: CaptureMode,
     call_sites_without_lines: usize,
@@ -92,9 +94,25 @@ impl Snapshot {
         self.capture_mode
     }
 
-    /// Total bytes of the traces.
+    /// Total bytes of the traces (estimated, when the snapshot is [`sampled`](Self::sampled)).
     pub fn total_size(&self) -> usize {
-        self.traces.iter().map(|t| t.size).sum()
+        if self.sample_mean == 0 {
+            return self.traces.iter().map(|t| t.size).sum();
+        }
+        let mean = self.sample_mean;
+        self.traces
+            .iter()
+            .map(|t| crate::sample::estimated_bytes(t.size, mean))
+            .sum::<f64>()
+            .round() as usize
+    }
+
+    /// `Some(mean bytes between samples)` when the traces are a Poisson sample of the
+    /// allocations (`Tracer::sampled`): each trace then stands for about `1/p` blocks, where
+    /// `p = 1 - exp(-size/mean)` is its chance of being recorded, and every statistic is an
+    /// unbiased estimate (marked `~` when printed). `None` when every allocation was traced.
+    pub fn sampled(&self) -> Option<u64> {
+        (self.sample_mean != 0).then_some(self.sample_mean)
     }
 
     /// A snapshot of the given traces (for building snapshots by hand in tests).
@@ -108,6 +126,7 @@ impl Snapshot {
             traces,
             released: Some(Vec::new()),
             duration: None,
+            sample_mean: 0,
             traceback_limit,
             capture_mode,
             call_sites_without_lines: 0,
@@ -152,6 +171,7 @@ impl Snapshot {
             traces,
             released,
             duration: self.duration,
+            sample_mean: self.sample_mean,
             traceback_limit: self.traceback_limit,
             capture_mode: self.capture_mode,
             call_sites_without_lines: self.call_sites_without_lines,
@@ -187,21 +207,31 @@ impl Snapshot {
     pub(crate) fn per_stack_totals(&self) -> Vec<StackTotals> {
         let mut by_stack: HashMap<*const Frame, StackTotals> = HashMap::new();
         let known = self.released.is_some();
+        let mut live: HashMap<*const Frame, (Traceback, f64, f64)> = HashMap::new();
+        let mean = self.sample_mean;
         for trace in &self.traces {
-            let slot = by_stack
+            let slot = live
                 .entry(trace.traceback.frames().as_ptr())
-                .or_insert_with(|| StackTotals {
-                    traceback: trace.traceback.clone(),
-                    live_bytes: 0,
-                    live_blocks: 0,
-                    total: known.then_some((0, 0)),
-                });
-            slot.live_bytes += trace.size as u64;
-            slot.live_blocks += 1;
-            if let Some(total) = &mut slot.total {
-                total.0 += trace.size as u64;
-                total.1 += 1;
+                .or_insert_with(|| (trace.traceback.clone(), 0.0, 0.0));
+            if mean == 0 {
+                slot.1 += trace.size as f64;
+                slot.2 += 1.0;
+            } else {
+                slot.1 += crate::sample::estimated_bytes(trace.size, mean);
+                slot.2 += crate::sample::estimated_blocks(trace.size, mean);
             }
+        }
+        for (key, (traceback, bytes, blocks)) in live {
+            let (bytes, blocks) = (bytes.round() as u64, blocks.round() as u64);
+            by_stack.insert(
+                key,
+                StackTotals {
+                    traceback,
+                    live_bytes: bytes,
+                    live_blocks: blocks,
+                    total: known.then_some((bytes, blocks)),
+                },
+            );
         }
         for r in self.released.iter().flatten() {
             let slot = by_stack
@@ -230,6 +260,13 @@ impl Snapshot {
                  missing (slow); build with RUSTFLAGS=\"-C force-frame-pointers=yes\""
                     .to_owned(),
             );
+        }
+        if self.sample_mean != 0 {
+            notes.push(format!(
+                "sampled: about one allocation in every {} allocated was recorded; sizes and \
+                 counts are unbiased estimates (marked ~)",
+                crate::format::format_size(self.sample_mean as f64, false)
+            ));
         }
         if self.call_sites_without_lines > 0 {
             notes.push(format!(
@@ -308,8 +345,18 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
                 .unwrap_or_else(|| Traceback::from_frames(Vec::new())),
         })
         .collect();
+    let sample_mean = crate::sample::mean() as u64;
     let released = released_by_stack
         .into_iter()
+        .map(|(id, (bytes, blocks))| {
+            // While sampling, blocks are counted in 1/1024ths.
+            let blocks = if sample_mean != 0 {
+                (blocks + crate::sample::BLOCK_UNIT / 2) / crate::sample::BLOCK_UNIT
+            } else {
+                blocks
+            };
+            (id, (bytes, blocks))
+        })
         .filter(|&(_, (_, blocks))| blocks > 0)
         .map(|(id, (bytes, blocks))| Released {
             bytes,
@@ -325,6 +372,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
         // A total lost for want of memory makes them all unknown, never silently low.
         released: (crate::counters::lost_releases() == 0).then_some(released),
         duration: crate::counters::since_start(),
+        sample_mean,
         traceback_limit,
         capture_mode: capture::mode(),
         call_sites_without_lines,

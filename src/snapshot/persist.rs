@@ -20,6 +20,7 @@
 //!                       live
 //!            duration   u8 known (0 or 1); when 1: u64 nanoseconds from the start of tracing
 //!                       to the snapshot
+//!            sampling   u64 mean bytes between samples (0: every allocation was traced)
 //! ```
 //!
 //! Loading checks everything (magic, version, length, checksum, every count against the bytes
@@ -140,6 +141,7 @@ impl Snapshot {
         if let Some(d) = self.duration {
             body.u64(d.as_nanos().min(u64::MAX as u128) as u64);
         }
+        body.u64(self.sample_mean);
 
         let mut out = Vec::with_capacity(HEADER + body.out.len());
         out.extend_from_slice(MAGIC);
@@ -352,6 +354,11 @@ impl Snapshot {
         } else {
             None
         };
+        let sample_mean = if version >= 2 {
+            r.u64("the sampling mean")?
+        } else {
+            0
+        };
         if r.pos != bytes.len() {
             return Err(corrupt(
                 r.pos as u64,
@@ -362,6 +369,7 @@ impl Snapshot {
             traces,
             released,
             duration,
+            sample_mean,
             traceback_limit: traceback_limit as usize,
             capture_mode,
             call_sites_without_lines,

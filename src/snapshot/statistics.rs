@@ -32,29 +32,48 @@ pub struct Statistic {
     pub count: usize,
     /// The grouping that made this statistic.
     pub group_by: GroupBy,
+    /// Whether `size` and `count` are estimates from a sampled snapshot (printed with `~`).
+    pub estimated: bool,
 }
 
 /// tracemalloc's format: `src/main.rs:12: size=2637 MiB, count=2, average=1318 MiB`;
-/// grouped by function: `parse_table (src/parse.rs): size=…`.
+/// grouped by function: `parse_table (src/parse.rs): size=…`. Estimates from a sampled
+/// snapshot print as `size=~2637 MiB, count=~2, average=~1318 MiB`.
 impl fmt::Display for Statistic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_key(f, &self.traceback, self.group_by)?;
+        let t = approx(self.estimated);
         write!(
             f,
-            ": size={}, count={}",
+            ": size={t}{}, count={t}{}",
             format_size(self.size as f64, false),
             self.count
         )?;
-        write_average(f, self.size, self.count)
+        write_average(f, self.size, self.count, self.estimated)
+    }
+}
+
+/// The mark of an estimate.
+pub(crate) fn approx(estimated: bool) -> &'static str {
+    if estimated {
+        "~"
+    } else {
+        ""
     }
 }
 
 /// `, average=…`, only when there are blocks (tracemalloc's rule).
-pub(crate) fn write_average(f: &mut fmt::Formatter<'_>, size: usize, count: usize) -> fmt::Result {
+pub(crate) fn write_average(
+    f: &mut fmt::Formatter<'_>,
+    size: usize,
+    count: usize,
+    estimated: bool,
+) -> fmt::Result {
     if count > 0 {
         write!(
             f,
-            ", average={}",
+            ", average={}{}",
+            approx(estimated),
             format_size(size as f64 / count as f64, false)
         )?;
     }
@@ -123,7 +142,7 @@ impl Groups {
     }
 
     /// Biggest first: by size, then count, as tracemalloc sorts.
-    fn sorted(self, group_by: GroupBy) -> Vec<Statistic> {
+    fn sorted(self, group_by: GroupBy, estimated: bool) -> Vec<Statistic> {
         let mut stats: Vec<Statistic> = self
             .0
             .into_values()
@@ -132,6 +151,7 @@ impl Groups {
                 size,
                 count,
                 group_by,
+                estimated,
             })
             .collect();
         stats.sort_by(|a, b| {
@@ -150,7 +170,7 @@ impl Snapshot {
         for (traceback, size, count) in self.per_stack() {
             groups.add(group_by.key(&traceback), size, count);
         }
-        groups.sorted(group_by)
+        groups.sorted(group_by, self.sampled().is_some())
     }
 
     /// Like [`statistics`](Self::statistics), but counting every block allocated since tracing
@@ -168,21 +188,29 @@ impl Snapshot {
             );
         }
         self.has_allocation_totals()
-            .then(|| groups.sorted(group_by))
+            .then(|| groups.sorted(group_by, self.sampled().is_some()))
     }
 
     /// Size and count per distinct traceback. Many traces share one `Traceback` (interned
     /// stacks), so this is the cheap first step of every grouping.
     fn per_stack(&self) -> impl Iterator<Item = (Traceback, usize, usize)> {
-        let mut by_stack: HashMap<*const Frame, (Traceback, usize, usize)> = HashMap::new();
+        let mean = self.sample_mean;
+        let mut by_stack: HashMap<*const Frame, (Traceback, f64, f64)> = HashMap::new();
         for trace in self.traces() {
             let slot = by_stack
                 .entry(trace.traceback.frames().as_ptr())
-                .or_insert_with(|| (trace.traceback.clone(), 0, 0));
-            slot.1 += trace.size;
-            slot.2 += 1;
+                .or_insert_with(|| (trace.traceback.clone(), 0.0, 0.0));
+            if mean == 0 {
+                slot.1 += trace.size as f64;
+                slot.2 += 1.0;
+            } else {
+                slot.1 += crate::sample::estimated_bytes(trace.size, mean);
+                slot.2 += crate::sample::estimated_blocks(trace.size, mean);
+            }
         }
-        by_stack.into_values()
+        by_stack
+            .into_values()
+            .map(|(t, size, count)| (t, size.round() as usize, count.round() as usize))
     }
 
     /// Cumulative statistics: each trace counts toward every distinct key among the frames of
@@ -208,7 +236,7 @@ impl Snapshot {
                 groups.add(key, size, count);
             }
         }
-        groups.sorted(group_by)
+        groups.sorted(group_by, self.sampled().is_some())
     }
 
     /// A printable top-`limit` report: notes, one line per group with its source line, the
@@ -287,6 +315,7 @@ mod tests {
             size,
             count,
             group_by: GroupBy::Line,
+            estimated: false,
         }
     }
 
@@ -368,6 +397,7 @@ mod tests {
             size: 64,
             count: 1,
             group_by: GroupBy::Function,
+            estimated: false,
         };
         assert_eq!(
             by_function.to_string(),

@@ -42,6 +42,8 @@ def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=No
         out += u8(duration_flag)
         if duration_flag == 1:
             out += u64(2_500_000_000)
+        # Then the sampling mean (0: every allocation traced).
+        out += u64(0)
     return out
 
 def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
