@@ -1,6 +1,7 @@
 //! The hot path, in criterion: alloc+free pairs through `System` directly and through the
-//! `Tracer` static directly (tracing on, and installed but stopped), and a mixed workload traced
-//! and stopped. See benches/README.md for figures; `cargo bench --bench ratios` gives
+//! `Tracer` static directly (tracing every allocation, sampling with the default 512 KiB mean,
+//! and installed but stopped), the same on two threads at once, and a mixed workload traced,
+//! sampled and stopped. See benches/README.md for figures; `cargo bench --bench ratios` gives
 //! interleaved ratios, which are what to quote on a noisy machine.
 
 // criterion_group! and criterion_main! generate undocumented public functions.
@@ -27,6 +28,11 @@ fn pairs(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new(&name, "traced"), |b| {
             b.iter(|| pair(&GLOBAL, layout))
         });
+        tracealloc::set_sampling(Some(tracealloc::DEFAULT_SAMPLE_MEAN)).unwrap();
+        group.bench_function(BenchmarkId::new(&name, "sampled"), |b| {
+            b.iter(|| pair(&GLOBAL, layout))
+        });
+        tracealloc::set_sampling(None).unwrap();
         tracealloc::stop();
         group.bench_function(BenchmarkId::new(&name, "stopped"), |b| {
             b.iter(|| pair(&GLOBAL, layout))
@@ -36,15 +42,43 @@ fn pairs(c: &mut Criterion) {
     group.finish();
 }
 
+/// Each iteration: 100,000 pairs of 64 B on each of two threads at once (time per pair is the
+/// iteration time / 100,000; the thread spawn is amortized), to compare with one thread doing
+/// the same.
+fn threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pairs_x100k");
+    group.sample_size(20);
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let thousand = || {
+        for _ in 0..100_000 {
+            pair(&GLOBAL, layout);
+        }
+    };
+    tracealloc::start(16).unwrap();
+    group.bench_function("traced/1-thread", |b| b.iter(thousand));
+    group.bench_function("traced/2-threads", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                s.spawn(thousand);
+                thousand();
+            })
+        })
+    });
+    group.finish();
+}
+
 fn mixed(c: &mut Criterion) {
     let mut group = c.benchmark_group("mixed");
     tracealloc::start(16).unwrap();
     group.bench_function("traced", |b| b.iter(mixed_workload));
+    tracealloc::set_sampling(Some(tracealloc::DEFAULT_SAMPLE_MEAN)).unwrap();
+    group.bench_function("sampled", |b| b.iter(mixed_workload));
+    tracealloc::set_sampling(None).unwrap();
     tracealloc::stop();
     group.bench_function("stopped", |b| b.iter(mixed_workload));
     tracealloc::start(16).unwrap();
     group.finish();
 }
 
-criterion_group!(benches, pairs, mixed);
+criterion_group!(benches, pairs, threads, mixed);
 criterion_main!(benches);

@@ -183,7 +183,50 @@ fn main() {
     mixed_row.print("µs", 1000.0);
     mixed_sampled_row.print("µs", 1000.0);
 
+    two_threads(rounds);
     snapshot_of_a_million_blocks();
+}
+
+/// ns per traced 64 B pair on one thread, and on each of two threads running at once.
+fn two_threads(rounds: usize) {
+    const N: usize = 200_000;
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let run = || {
+        for _ in 0..N {
+            pair(&GLOBAL, layout);
+        }
+    };
+    tracealloc::start(16).unwrap();
+    let mut ratios = Vec::new();
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        run();
+        let single = t.elapsed().as_nanos() as f64 / N as f64;
+        let barrier = std::sync::Barrier::new(2);
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                run();
+            });
+            barrier.wait();
+            run();
+        });
+        // Both threads did N pairs at once: the wall time per pair of each thread.
+        let double = t.elapsed().as_nanos() as f64 / N as f64;
+        one.push(single);
+        two.push(double);
+        ratios.push(double / single);
+    }
+    println!();
+    println!(
+        "traced 64 B pair, 2 threads at once vs 1: {:.1} ns → {:.1} ns per pair per thread, \
+         median ratio {:.2}x",
+        median(&mut one),
+        median(&mut two),
+        median(&mut ratios)
+    );
 }
 
 #[inline(never)]

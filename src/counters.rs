@@ -7,10 +7,14 @@
 //! the exact maximum of `current` over its modification order: the largest number of traced
 //! bytes ever live at once.
 
+use crate::meta::Padded;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+// Each on cache lines of its own: `CURRENT` is written by every traced allocation and free, and
+// must not drag `PEAK` (read on every allocation, rarely written) or the read-mostly statics
+// around it (the tracer's status, the sampling mean) into every other core's cache misses.
+static CURRENT: Padded<AtomicUsize> = Padded(AtomicUsize::new(0));
+static PEAK: Padded<AtomicUsize> = Padded(AtomicUsize::new(0));
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static LOST_RELEASES: AtomicU64 = AtomicU64::new(0);
 /// CLOCK_MONOTONIC nanoseconds when tracing last started; 0 = not yet.
@@ -41,21 +45,21 @@ pub(crate) fn since_start() -> Option<std::time::Duration> {
 
 #[inline]
 pub(crate) fn added(size: usize) {
-    let now = CURRENT.fetch_add(size, Relaxed).wrapping_add(size);
-    if now > PEAK.load(Relaxed) {
-        PEAK.fetch_max(now, Relaxed);
+    let now = CURRENT.0.fetch_add(size, Relaxed).wrapping_add(size);
+    if now > PEAK.0.load(Relaxed) {
+        PEAK.0.fetch_max(now, Relaxed);
     }
 }
 
 /// A record put back after a failed `realloc`: live again, but not a new allocation.
 pub(crate) fn restored(size: usize) {
-    let now = CURRENT.fetch_add(size, Relaxed).wrapping_add(size);
-    PEAK.fetch_max(now, Relaxed);
+    let now = CURRENT.0.fetch_add(size, Relaxed).wrapping_add(size);
+    PEAK.0.fetch_max(now, Relaxed);
 }
 
 #[inline]
 pub(crate) fn removed(size: usize) {
-    CURRENT.fetch_sub(size, Relaxed);
+    CURRENT.0.fetch_sub(size, Relaxed);
 }
 
 /// A block the tracer could not record (its own memory ran out).
@@ -75,11 +79,11 @@ pub(crate) fn lost_releases() -> u64 {
 }
 
 pub(crate) fn current() -> usize {
-    CURRENT.load(Relaxed)
+    CURRENT.0.load(Relaxed)
 }
 
 pub(crate) fn peak() -> usize {
-    PEAK.load(Relaxed)
+    PEAK.0.load(Relaxed)
 }
 
 pub(crate) fn dropped_blocks() -> u64 {
@@ -87,7 +91,7 @@ pub(crate) fn dropped_blocks() -> u64 {
 }
 
 pub(crate) fn reset_peak() {
-    PEAK.store(CURRENT.load(Relaxed), Relaxed);
+    PEAK.0.store(CURRENT.0.load(Relaxed), Relaxed);
 }
 
 /// Zeroes the dropped count (at `start`); totals live in the table's shards.

@@ -41,6 +41,7 @@ thread_local! {
     static SLOW: Cell<Slow> = const { Cell::new(Slow { rng: 0, epoch: 0 }) };
 }
 
+#[inline(always)]
 pub(crate) fn mean() -> usize {
     MEAN.load(Relaxed)
 }

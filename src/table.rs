@@ -47,9 +47,28 @@ pub(crate) struct Released {
     pub(crate) blocks: u64,
 }
 
+/// A live block as the table stores it: 16 bytes (with hashbrown's control byte, 17 a
+/// bucket). The scope of a block allocated inside a measurement scope and the size of a block
+/// of 4 GiB or more live in small side tables, flagged here.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    address: usize,
+    /// The size, or [`BIG`]: look in `Shard::big`.
+    size: u32,
+    /// The stack id, with [`SCOPED`] set when the scope is in `Shard::scoped`.
+    stack: u32,
+}
+
+const BIG: u32 = u32::MAX;
+const SCOPED: u32 = 1 << 31;
+
 #[derive(Debug)]
 struct Shard {
-    live: HashTable<Entry, MetaAlloc>,
+    live: HashTable<Slot, MetaAlloc>,
+    /// Address → scope, for live blocks allocated inside a measurement scope.
+    scoped: HashTable<(usize, u32), MetaAlloc>,
+    /// Address → size, for live blocks of `BIG` bytes or more.
+    big: HashTable<(usize, usize), MetaAlloc>,
     /// Per stack, what this shard recorded and no longer holds.
     released: HashTable<Released, MetaAlloc>,
     /// Bytes and blocks recorded in this shard since the totals were last reset.
@@ -61,9 +80,117 @@ impl Shard {
     const fn new() -> Self {
         Shard {
             live: HashTable::new_in(MetaAlloc),
+            scoped: HashTable::new_in(MetaAlloc),
+            big: HashTable::new_in(MetaAlloc),
             released: HashTable::new_in(MetaAlloc),
             allocated_bytes: 0,
             allocated_blocks: 0,
+        }
+    }
+
+    /// Stores `entry`'s side parts and returns its slot; `Err` when a side table cannot grow.
+    #[inline(always)]
+    fn pack(
+        &mut self,
+        address: usize,
+        size: usize,
+        stack: StackId,
+        scope: u32,
+        h: u64,
+    ) -> Result<Slot, ()> {
+        debug_assert!(stack & SCOPED == 0, "stack ids stay below 2^31");
+        if size >= BIG as usize || scope != 0 {
+            return self.pack_with_side_parts(
+                &Entry {
+                    address,
+                    size,
+                    stack,
+                    scope,
+                },
+                h,
+            );
+        }
+        Ok(Slot {
+            address,
+            size: size as u32,
+            stack,
+        })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pack_with_side_parts(&mut self, entry: &Entry, h: u64) -> Result<Slot, ()> {
+        let mut slot = Slot {
+            address: entry.address,
+            size: u32::try_from(entry.size).unwrap_or(BIG).min(BIG),
+            stack: entry.stack,
+        };
+        if slot.size == BIG {
+            self.big
+                .try_reserve(1, |&(a, _)| address_hash(a))
+                .map_err(|_| ())?;
+            self.big
+                .insert_unique(h, (entry.address, entry.size), |&(a, _)| address_hash(a));
+        }
+        if entry.scope != 0 {
+            if self
+                .scoped
+                .try_reserve(1, |&(a, _)| address_hash(a))
+                .is_err()
+            {
+                if slot.size == BIG {
+                    self.take_big(entry.address, h);
+                }
+                return Err(());
+            }
+            self.scoped
+                .insert_unique(h, (entry.address, entry.scope), |&(a, _)| address_hash(a));
+            slot.stack |= SCOPED;
+        }
+        Ok(slot)
+    }
+
+    /// The whole record of `slot`.
+    fn unpack(&self, slot: &Slot, h: u64) -> Entry {
+        Entry {
+            address: slot.address,
+            size: if slot.size == BIG {
+                self.big
+                    .find(h, |&(a, _)| a == slot.address)
+                    .map_or(BIG as usize, |&(_, size)| size)
+            } else {
+                slot.size as usize
+            },
+            stack: slot.stack & !SCOPED,
+            scope: if slot.stack & SCOPED != 0 {
+                self.scoped
+                    .find(h, |&(a, _)| a == slot.address)
+                    .map_or(0, |&(_, scope)| scope)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// The whole record of `slot`, whose side parts are removed.
+    #[cold]
+    #[inline(never)]
+    fn unpack_and_forget(&mut self, slot: &Slot, h: u64) -> Entry {
+        let entry = self.unpack(slot, h);
+        if slot.size == BIG {
+            self.take_big(slot.address, h);
+        }
+        if slot.stack & SCOPED != 0 {
+            if let Ok(e) = self.scoped.find_entry(h, |&(a, _)| a == slot.address) {
+                e.remove();
+            }
+        }
+        entry
+    }
+
+    fn take_big(&mut self, address: usize, h: u64) {
+        if let Ok(e) = self.big.find_entry(h, |&(a, _)| a == address) {
+            e.remove();
         }
     }
 
@@ -136,8 +263,13 @@ fn inner_hash(h: u64) -> u64 {
 }
 
 #[inline]
-fn rehash(e: &Entry) -> u64 {
-    inner_hash(spread(e.address))
+fn address_hash(address: usize) -> u64 {
+    inner_hash(spread(address))
+}
+
+#[inline]
+fn rehash(s: &Slot) -> u64 {
+    address_hash(s.address)
 }
 
 /// Records a live block. Returns `Err(())`, recording nothing, when the table could not grow;
@@ -154,67 +286,71 @@ pub(crate) fn insert(
     let (bytes, blocks) = sample::accounted_totals(size);
     shard.allocated_bytes += bytes;
     shard.allocated_blocks += blocks;
-    if let Some(stale) = shard.live.find_mut(h, |e| e.address == address) {
+    if let Some(stale) = shard.live.find(h, |s| s.address == address).copied() {
         // A record survived a free we did not see (a race with `stop`); the address is live
         // again, so the old block is gone.
-        counters::removed(sample::accounted(stale.size));
-        let old = *stale;
-        *stale = Entry {
-            address,
-            size,
-            stack,
-            scope,
-        };
+        let old = shard.unpack_and_forget(&stale, h);
+        counters::removed(sample::accounted(old.size));
         shard.release(old.stack, old.size, true);
+        let Ok(slot) = shard.pack(address, size, stack, scope, h) else {
+            if let Ok(e) = shard.live.find_entry(h, |s| s.address == address) {
+                e.remove();
+            }
+            return Err(());
+        };
+        if let Some(s) = shard.live.find_mut(h, |s| s.address == address) {
+            *s = slot;
+        }
         counters::added(sample::accounted(size));
         return Ok(Some(old));
     }
     if shard.live.try_reserve(1, rehash).is_err() {
         return Err(());
     }
-    shard.live.insert_unique(
-        h,
-        Entry {
-            address,
-            size,
-            stack,
-            scope,
-        },
-        rehash,
-    );
+    let slot = shard.pack(address, size, stack, scope, h)?;
+    shard.live.insert_unique(h, slot, rehash);
     counters::added(sample::accounted(size));
     Ok(None)
 }
 
-/// Puts back the record of a block whose `realloc` failed (the block is still live). Totals
-/// are not counted again.
 pub(crate) fn restore(entry: Entry) {
     let (mut shard, h) = locate(entry.address);
     if shard.live.try_reserve(1, rehash).is_ok() {
-        shard.live.insert_unique(h, entry, rehash);
-        shard.release(entry.stack, entry.size, false);
-        counters::restored(sample::accounted(entry.size));
+        if let Ok(slot) = shard.pack(entry.address, entry.size, entry.stack, entry.scope, h) {
+            shard.live.insert_unique(h, slot, rehash);
+            shard.release(entry.stack, entry.size, false);
+            counters::restored(sample::accounted(entry.size));
+        }
     }
 }
 
-/// Forgets a block about to be freed; returns its record if it was traced.
-#[inline]
+#[inline(always)]
 pub(crate) fn remove(address: usize) -> Option<Entry> {
     let (mut shard, h) = locate(address);
-    let (entry, _) = shard
+    let (slot, _) = shard
         .live
-        .find_entry(h, |e| e.address == address)
+        .find_entry(h, |s| s.address == address)
         .ok()?
         .remove();
+    let entry = if slot.size == BIG || slot.stack & SCOPED != 0 {
+        shard.unpack_and_forget(&slot, h)
+    } else {
+        Entry {
+            address,
+            size: slot.size as usize,
+            stack: slot.stack,
+            scope: 0,
+        }
+    };
     shard.release(entry.stack, entry.size, true);
     counters::removed(sample::accounted(entry.size));
     Some(entry)
 }
 
-/// The record of a live block.
 pub(crate) fn get(address: usize) -> Option<Entry> {
     let (shard, h) = locate(address);
-    shard.live.find(h, |e| e.address == address).copied()
+    let slot = shard.live.find(h, |s| s.address == address)?;
+    Some(shard.unpack(slot, h))
 }
 
 /// Appends every live record to `out`, one shard at a time (no lock is held longer than one
@@ -228,7 +364,12 @@ pub(crate) fn copy_into(out: &mut Vec<Entry>) {
             out.reserve(len + len / 8 + 16);
             let shard = lock(shard);
             if shard.live.len() <= out.capacity() - out.len() {
-                out.extend(shard.live.iter().copied());
+                out.extend(
+                    shard
+                        .live
+                        .iter()
+                        .map(|slot| shard.unpack(slot, address_hash(slot.address))),
+                );
                 break;
             }
         }
@@ -262,12 +403,15 @@ pub(crate) fn clear() {
         let mut shard = lock(shard);
         let live = std::mem::replace(&mut shard.live, HashTable::new_in(MetaAlloc));
         let mut held = 0;
-        for e in &live {
+        for slot in &live {
+            let e = shard.unpack(slot, address_hash(slot.address));
             held += sample::accounted(e.size);
             shard.release(e.stack, e.size, true);
         }
-        // Freeing `live` under the lock is safe: it goes to `System`, never to the tracer.
+        // Freeing these under the lock is safe: they go to `System`, never to the tracer.
         drop(live);
+        shard.scoped = HashTable::new_in(MetaAlloc);
+        shard.big = HashTable::new_in(MetaAlloc);
         counters::removed(held);
     }
     sample::clear_marks();
@@ -312,7 +456,9 @@ mod tests {
     #[test]
     fn behaves_like_a_hash_map() {
         reset_totals();
-        let mut model: HashMap<usize, (usize, StackId)> = HashMap::new();
+        // address → (size, stack, scope); sizes of 4 GiB and more and scoped blocks take the
+        // side tables.
+        let mut model: HashMap<usize, (usize, StackId, u32)> = HashMap::new();
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let ops = if cfg!(miri) { 500 } else { 200_000 };
         let base = counters::current();
@@ -322,20 +468,25 @@ mod tests {
             x ^= x << 17;
             // Few distinct, 16-aligned addresses, so inserts over live ones and misses happen.
             let address = 0x10_0000 + ((x >> 20) as usize % 4096) * 16;
-            let size = 1 + (x >> 40) as usize % 1000;
+            let size = if x % 97 == 0 {
+                (5usize << 30) + (x >> 50) as usize
+            } else {
+                1 + (x >> 40) as usize % 1000
+            };
             let stack = (x % 50) as StackId;
+            let scope = ((x >> 8) % 3) as u32;
             match x % 4 {
                 0 | 1 => {
-                    let stale = insert(address, size, stack, 0).expect("room");
-                    let before = model.insert(address, (size, stack));
-                    assert_eq!(stale.map(|e| (e.size, e.stack)), before);
+                    let stale = insert(address, size, stack, scope).expect("room");
+                    let before = model.insert(address, (size, stack, scope));
+                    assert_eq!(stale.map(|e| (e.size, e.stack, e.scope)), before);
                 }
                 2 => {
-                    let removed = remove(address).map(|e| (e.size, e.stack));
+                    let removed = remove(address).map(|e| (e.size, e.stack, e.scope));
                     assert_eq!(removed, model.remove(&address));
                 }
                 _ => {
-                    let got = get(address).map(|e| (e.size, e.stack));
+                    let got = get(address).map(|e| (e.size, e.stack, e.scope));
                     assert_eq!(got, model.get(&address).copied());
                 }
             }
@@ -351,7 +502,7 @@ mod tests {
         copy_into(&mut copy);
         assert_eq!(copy.len(), model.len());
         for e in &copy {
-            assert_eq!(model.get(&e.address), Some(&(e.size, e.stack)));
+            assert_eq!(model.get(&e.address), Some(&(e.size, e.stack, e.scope)));
         }
         clear();
         assert_eq!(counters::current(), base);

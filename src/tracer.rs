@@ -278,7 +278,7 @@ fn record(address: usize, size: usize, sampled: bool) {
 }
 
 /// Forgets a block about to be freed (or reallocated); returns its record.
-#[inline]
+#[inline(always)]
 fn forget(address: usize) -> Option<table::Entry> {
     let entry = table::remove(address)?;
     if crate::sample::mean() != 0 {

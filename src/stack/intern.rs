@@ -127,7 +127,8 @@ fn intern_shared(addresses: &[usize], hash: u64) -> Option<StackId> {
         return Some(make_id(shard_index, local));
     }
     let local = u32::try_from(shard.stacks.len()).ok()?;
-    if local >= (u32::MAX >> SHARD_BITS) {
+    // Ids stay below 2^31: the trace table keeps a flag in the top bit.
+    if local >= (u32::MAX >> (SHARD_BITS + 1)) {
         return None;
     }
     let start = u32::try_from(shard.addresses.len()).ok()?;
