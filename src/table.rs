@@ -122,7 +122,7 @@ impl Shard {
     fn pack_with_side_parts(&mut self, entry: &Entry, h: u64) -> Result<Slot, ()> {
         let mut slot = Slot {
             address: entry.address,
-            size: u32::try_from(entry.size).unwrap_or(BIG).min(BIG),
+            size: u32::try_from(entry.size).unwrap_or(BIG),
             stack: entry.stack,
         };
         if slot.size == BIG {
