@@ -264,5 +264,41 @@ fn snapshot_of_a_million_blocks() {
         tracealloc::tracer_memory() as f64 / warm.traces().len() as f64,
     );
     println!("top: {}", stats[0]);
+
+    // The same while another thread keeps allocating and freeing (copying takes one shard
+    // lock at a time, so it waits at most for one shard's copy).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut times = Vec::new();
+    let mut pairs_during = 0u64;
+    std::thread::scope(|s| {
+        let busy = s.spawn(|| {
+            let mut n = 0u64;
+            let mut keep = Vec::with_capacity(1024);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                keep.push(std::hint::black_box(Box::new(n)));
+                if keep.len() == 1024 {
+                    keep.clear();
+                }
+                n += 1;
+            }
+            n
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        for _ in 0..5 {
+            let t = Instant::now();
+            let snapshot = tracealloc::take_snapshot().unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(snapshot.traces().len());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        pairs_during = busy.join().unwrap();
+    });
+    println!(
+        "snapshot of 1 M live blocks while another thread allocates: median {:.0} ms, max {:.0} ms \
+         of 5 ({} allocations made meanwhile)",
+        median(&mut times.clone()),
+        times.iter().cloned().fold(0.0, f64::max),
+        pairs_during
+    );
     drop(held);
 }

@@ -101,9 +101,14 @@ pub(crate) struct Built {
 
 /// Runs the whole workload.
 pub(crate) fn run() -> Built {
+    run_with(5_000)
+}
+
+/// The workload on `documents` documents (5,000 in `run`).
+pub(crate) fn run_with(documents: usize) -> Built {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let words = vocabulary(&mut rng, 20_000);
-    let corpus = generate_corpus(&mut rng, &words, 5_000);
+    let corpus = generate_corpus(&mut rng, &words, documents);
     let mut index = build_index(&corpus);
     // Keep only the documents' term vectors of the first half, and no bigrams seen once.
     index.term_vectors.truncate(corpus.len() / 2);

@@ -1,0 +1,7 @@
+//! The baseline: no profiler.
+#[path = "../common.rs"]
+mod common;
+
+fn main() {
+    common::run(|| ());
+}

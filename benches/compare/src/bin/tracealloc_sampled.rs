@@ -1,0 +1,15 @@
+//! tracealloc, Poisson sampling with the default 512 KiB mean; a snapshot at the end.
+#[path = "../common.rs"]
+mod common;
+
+#[global_allocator]
+static GLOBAL: tracealloc::Tracer =
+    tracealloc::Tracer::new().sampled(tracealloc::DEFAULT_SAMPLE_MEAN);
+
+fn main() {
+    common::run(|| {
+        let snapshot = tracealloc::take_snapshot().unwrap();
+        let top = snapshot.statistics(tracealloc::GroupBy::Line);
+        eprintln!("{}", top[0]);
+    });
+}
