@@ -95,10 +95,7 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
             .name()
             .map(|n| format!("{n:#}"))
             .unwrap_or_else(|| format!("{ip:#x}"));
-        let path = symbol
-            .filename()
-            .and_then(|p| p.to_str())
-            .map(str::to_owned);
+        let path = symbol.filename().and_then(|p| p.to_str()).map(normalize);
         let lineno = symbol.lineno();
         let kind = classify(&function, path.as_deref());
         let has_line = path.is_some() && lineno.is_some();
@@ -120,6 +117,35 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
         });
     }
     frames.into()
+}
+
+/// `a/b/../c/./d.rs` → `a/c/d.rs`, lexically (debug information keeps paths as the compiler
+/// was given them, `#[path = "../x.rs"]` modules included).
+fn normalize(path: &str) -> String {
+    if !path.contains("/.") {
+        return path.to_owned();
+    }
+    let absolute = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|&p| p != "..") {
+                    parts.pop();
+                } else if !absolute {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 fn shorten(path: &str, base: &str) -> String {
@@ -262,6 +288,18 @@ pub(crate) fn call_site(frames: &[SymFrame]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_normalized_lexically() {
+        assert_eq!(
+            normalize("src/bin/../../../../examples/shared/w.rs"),
+            "../../examples/shared/w.rs"
+        );
+        assert_eq!(normalize("/a/b/../c/./d.rs"), "/a/c/d.rs");
+        assert_eq!(normalize("/../x.rs"), "/x.rs");
+        assert_eq!(normalize("src/main.rs"), "src/main.rs");
+        assert_eq!(normalize("./src/.hidden/x.rs"), "src/.hidden/x.rs");
+    }
 
     fn f(function: &str, path: &str) -> SymFrame {
         let path_opt = (!path.is_empty()).then_some(path);
