@@ -187,16 +187,30 @@ fn main() {
     snapshot_of_a_million_blocks();
 }
 
-/// ns per traced 64 B pair on one thread, and on each of two threads running at once.
+/// ns per 64 B pair on one thread, and on each of two threads running at once: traced, and
+/// through `System` (what the machine itself does with two threads).
 fn two_threads(rounds: usize) {
-    const N: usize = 200_000;
     let layout = Layout::from_size_align(64, 8).unwrap();
+    tracealloc::start(16).unwrap();
+    let traced = scaling(rounds, || pair(&GLOBAL, layout));
+    let system = scaling(rounds, || pair(&System, layout));
+    println!();
+    for (name, (one, two, ratio)) in [("traced", traced), ("System", system)] {
+        println!(
+            "64 B pair {name}, 2 threads at once vs 1: {one:.1} ns → {two:.1} ns per pair per \
+             thread, median ratio {ratio:.2}x"
+        );
+    }
+}
+
+/// (ns per call on one thread, ns per call per thread on two at once, median ratio).
+fn scaling(rounds: usize, f: impl Fn() + Sync) -> (f64, f64, f64) {
+    const N: usize = 200_000;
     let run = || {
         for _ in 0..N {
-            pair(&GLOBAL, layout);
+            f();
         }
     };
-    tracealloc::start(16).unwrap();
     let mut ratios = Vec::new();
     let (mut one, mut two) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
@@ -213,20 +227,13 @@ fn two_threads(rounds: usize) {
             barrier.wait();
             run();
         });
-        // Both threads did N pairs at once: the wall time per pair of each thread.
+        // Both threads did N calls at once: the wall time per call of each thread.
         let double = t.elapsed().as_nanos() as f64 / N as f64;
         one.push(single);
         two.push(double);
         ratios.push(double / single);
     }
-    println!();
-    println!(
-        "traced 64 B pair, 2 threads at once vs 1: {:.1} ns → {:.1} ns per pair per thread, \
-         median ratio {:.2}x",
-        median(&mut one),
-        median(&mut two),
-        median(&mut ratios)
-    );
+    (median(&mut one), median(&mut two), median(&mut ratios))
 }
 
 #[inline(never)]
