@@ -15,7 +15,6 @@
 
 use std::alloc::{Layout, System};
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 use tracealloc::{__private as p, CaptureMode};
 
 #[global_allocator]
@@ -23,41 +22,9 @@ static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 
 #[allow(dead_code)]
 mod common;
-use common::pair;
+use common::{iterations, median, ns_per_op, pair};
 
 const BUF: usize = 64;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Best ns per call over 5 batches of about 2 ms.
-fn ns_per_op(mut f: impl FnMut(), iters: u64) -> f64 {
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        best = best.min(t.elapsed().as_nanos() as f64 / iters as f64);
-    }
-    best
-}
-
-fn iterations(mut f: impl FnMut()) -> u64 {
-    let mut iters = 1u64;
-    loop {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        if t.elapsed() > Duration::from_millis(2) {
-            return iters;
-        }
-        iters *= 2;
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Way {

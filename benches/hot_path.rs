@@ -13,6 +13,7 @@ use std::alloc::{Layout, System};
 #[global_allocator]
 static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 
+#[allow(dead_code)]
 mod common;
 use common::{mixed_workload, pair};
 

@@ -14,39 +14,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 
 mod common;
-use common::{mixed_workload, pair};
-
-/// Best ns per call of `f` over a few short batches (~2 ms each).
-fn ns_per_op(mut f: impl FnMut(), iters: u64) -> f64 {
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        best = best.min(t.elapsed().as_nanos() as f64 / iters as f64);
-    }
-    best
-}
-
-fn calibrate(mut f: impl FnMut()) -> u64 {
-    let mut iters = 1u64;
-    loop {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        if t.elapsed() > Duration::from_millis(2) {
-            return iters;
-        }
-        iters *= 2;
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
+use common::{iterations, median, mixed_workload, ns_per_op, pair};
 
 struct Row {
     name: String,
@@ -116,9 +84,9 @@ fn main() {
         .collect();
     let iters: Vec<u64> = layouts
         .iter()
-        .map(|&l| calibrate(|| pair(&System, l)))
+        .map(|&l| iterations(|| pair(&System, l)))
         .collect();
-    let mixed_iters = calibrate(|| {
+    let mixed_iters = iterations(|| {
         mixed_workload();
     })
     .max(2);

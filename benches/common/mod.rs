@@ -3,6 +3,41 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// Best ns per call of `f` over 5 batches of `iters` calls (about 2 ms each).
+pub(crate) fn ns_per_op(mut f: impl FnMut(), iters: u64) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        best = best.min(t.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    best
+}
+
+/// How many calls of `f` take about 2 ms.
+pub(crate) fn iterations(mut f: impl FnMut()) -> u64 {
+    let mut iters = 1u64;
+    loop {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        if t.elapsed() > Duration::from_millis(2) {
+            return iters;
+        }
+        iters *= 2;
+    }
+}
+
+/// The median (sorts `v`).
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
 
 /// One `GlobalAlloc::alloc` + `dealloc` of `layout`, through `allocator` directly.
 #[inline(never)]

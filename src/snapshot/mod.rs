@@ -207,24 +207,10 @@ impl Snapshot {
     pub(crate) fn per_stack_totals(&self) -> Vec<StackTotals> {
         let mut by_stack: HashMap<*const Frame, StackTotals> = HashMap::new();
         let known = self.released.is_some();
-        let mut live: HashMap<*const Frame, (Traceback, f64, f64)> = HashMap::new();
-        let mean = self.sample_mean;
-        for trace in &self.traces {
-            let slot = live
-                .entry(trace.traceback.frames().as_ptr())
-                .or_insert_with(|| (trace.traceback.clone(), 0.0, 0.0));
-            if mean == 0 {
-                slot.1 += trace.size as f64;
-                slot.2 += 1.0;
-            } else {
-                slot.1 += crate::sample::estimated_bytes(trace.size, mean);
-                slot.2 += crate::sample::estimated_blocks(trace.size, mean);
-            }
-        }
-        for (key, (traceback, bytes, blocks)) in live {
-            let (bytes, blocks) = (bytes.round() as u64, blocks.round() as u64);
+        for (traceback, bytes, blocks) in self.per_stack() {
+            let (bytes, blocks) = (bytes as u64, blocks as u64);
             by_stack.insert(
-                key,
+                traceback.frames().as_ptr(),
                 StackTotals {
                     traceback,
                     live_bytes: bytes,

@@ -193,7 +193,7 @@ impl Snapshot {
 
     /// Size and count per distinct traceback. Many traces share one `Traceback` (interned
     /// stacks), so this is the cheap first step of every grouping.
-    fn per_stack(&self) -> impl Iterator<Item = (Traceback, usize, usize)> {
+    pub(crate) fn per_stack(&self) -> impl Iterator<Item = (Traceback, usize, usize)> {
         let mean = self.sample_mean;
         let mut by_stack: HashMap<*const Frame, (Traceback, f64, f64)> = HashMap::new();
         for trace in self.traces() {

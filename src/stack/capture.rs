@@ -161,54 +161,54 @@ const CHECK_DEPTH: usize = 64;
 ///
 /// The walk is accepted when it is a contiguous run of the unwinder's frames that reaches the
 /// unwinder's last frames (glibc's start-up code has no frame pointers: a few may be missing).
-#[inline(never)]
 fn frame_pointers_match_unwinder() -> bool {
-    let mut walked = [MaybeUninit::uninit(); CHECK_DEPTH];
-    let mut unwound = [MaybeUninit::uninit(); CHECK_DEPTH];
-    let n_walked = fp_walk(&mut walked);
-    let n_unwound = unwind(&mut unwound);
-    // SAFETY: `fp_walk` and `unwind` initialize the first `n` slots they return.
-    let (walked, unwound) = unsafe {
-        (
-            slice_assume_init(&walked[..n_walked]),
-            slice_assume_init(&unwound[..n_unwound]),
-        )
-    };
-    walk_agrees(walked, unwound)
+    matches_unwinder(fp_walk, walk_agrees)
 }
 
 /// Compares the unwind-rule cache with the DWARF unwinder on the current stack: every frame
 /// must be equal, to the outermost.
-#[inline(never)]
 fn tables_match_unwinder() -> bool {
+    matches_unwinder(tables, tables_agree)
+}
+
+/// Captures the current stack with `way` and with the DWARF unwinder, from the same function,
+/// and asks `agree` whether they match.
+#[inline(never)]
+fn matches_unwinder(
+    way: fn(&mut [MaybeUninit<usize>]) -> usize,
+    agree: fn(&[usize], &[usize]) -> bool,
+) -> bool {
     let mut walked = [MaybeUninit::uninit(); CHECK_DEPTH];
     let mut unwound = [MaybeUninit::uninit(); CHECK_DEPTH];
-    let n_walked = tables(&mut walked);
+    let n_walked = way(&mut walked);
     let n_unwound = unwind(&mut unwound);
-    // SAFETY: `tables` and `unwind` initialize the first `n` slots they return.
+    // SAFETY: both captures initialize the first `n` slots they return.
     let (walked, unwound) = unsafe {
         (
             slice_assume_init(&walked[..n_walked]),
             slice_assume_init(&unwound[..n_unwound]),
         )
     };
-    tables_agree(walked, unwound)
+    agree(walked, unwound)
 }
 
-/// The rule of [`tables_match_unwinder`]: line the two up on the walk's second frame, then
-/// every frame equal and both at their end (the reference's trailing null frame aside).
+/// The rule of [`tables_match_unwinder`]: line the two up on the first of the walk's frames
+/// (after the first, which is inside the capture) that the reference also has, then every
+/// frame equal and both at their end (the reference's trailing null frame aside).
 pub(crate) fn tables_agree(walked: &[usize], unwound: &[usize]) -> bool {
     let unwound = match unwound.iter().rposition(|&ip| ip != 0) {
         Some(last) => &unwound[..=last],
         None => return false,
     };
-    if walked.len() < 3 || walked.contains(&CUT_SHORT) || unwound.len() >= CHECK_DEPTH {
+    if walked.contains(&CUT_SHORT) || unwound.len() >= CHECK_DEPTH {
         return false;
     }
-    let Some(start) = unwound.iter().position(|&ip| ip == walked[1]) else {
-        return false;
-    };
-    unwound[start..] == walked[1..]
+    for i in 1..walked.len().min(4) {
+        if let Some(start) = unwound.iter().position(|&ip| ip == walked[i]) {
+            return walked.len() - i >= 3 && unwound[start..] == walked[i..];
+        }
+    }
+    false
 }
 
 /// `TRACEALLOC_CAPTURE=frame-pointers|unwind-tables|backtrace` skips the self-test (for
@@ -448,6 +448,26 @@ mod tests {
         );
         assert!(!walk_agrees(&[99, 42, 43, 44], &unwound), "garbage");
         assert!(!walk_agrees(&[], &unwound));
+    }
+
+    #[test]
+    fn tables_rule() {
+        let unwound = [1, 2, 3, 4, 5, 6, 0];
+        assert!(tables_agree(&[99, 3, 4, 5, 6], &unwound));
+        assert!(
+            tables_agree(&[98, 99, 3, 4, 5, 6], &unwound),
+            "two frames inside"
+        );
+        assert!(
+            !tables_agree(&[99, 3, 4, 5], &unwound),
+            "the root is missing"
+        );
+        assert!(
+            !tables_agree(&[99, 3, 4, 5, 6, 7], &unwound),
+            "a frame too many"
+        );
+        assert!(!tables_agree(&[99, 3, 4, CUT_SHORT], &unwound), "cut short");
+        assert!(!tables_agree(&[99, 42, 43, 44, 45], &unwound), "garbage");
     }
 
     #[test]
