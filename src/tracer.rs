@@ -170,30 +170,26 @@ impl<A> Tracer<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds `alloc`'s contract for `layout`.
-        let ptr = unsafe { self.inner.alloc(layout) };
+        // Decided before allocating, so that the untraced paths end in a tail call to the
+        // inner allocator, with nothing left to do after it.
         let status = STATUS.load(Relaxed);
-        if status != OFF && !ptr.is_null() {
-            if status == SAMPLED && !crate::sample::due(layout.size()) {
-                return ptr;
-            }
-            return self.traced(ptr, layout.size());
+        if status == OFF || (status == SAMPLED && crate::sample::skip(layout.size())) {
+            // SAFETY: the caller upholds `alloc`'s contract for `layout`.
+            return unsafe { self.inner.alloc(layout) };
         }
-        ptr
+        // SAFETY: forwarded contract.
+        unsafe { self.alloc_traced(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds `alloc_zeroed`'s contract for `layout`.
-        let ptr = unsafe { self.inner.alloc_zeroed(layout) };
         let status = STATUS.load(Relaxed);
-        if status != OFF && !ptr.is_null() {
-            if status == SAMPLED && !crate::sample::due(layout.size()) {
-                return ptr;
-            }
-            return self.traced(ptr, layout.size());
+        if status == OFF || (status == SAMPLED && crate::sample::skip(layout.size())) {
+            // SAFETY: the caller upholds `alloc_zeroed`'s contract for `layout`.
+            return unsafe { self.inner.alloc_zeroed(layout) };
         }
-        ptr
+        // SAFETY: forwarded contract.
+        unsafe { self.alloc_traced(layout, true) }
     }
 
     #[inline]
@@ -210,18 +206,79 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let status = STATUS.load(Relaxed);
-        let old =
-            if status == ON || (status == SAMPLED && crate::sample::maybe_recorded(ptr as usize)) {
-                forget(ptr as usize)
-            } else {
-                None
+        if status == OFF {
+            // SAFETY: the caller upholds `realloc`'s contract for `ptr`, `layout` and `new_size`.
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
+        }
+        let old_recorded =
+            status == ON || (status == SAMPLED && crate::sample::maybe_recorded(ptr as usize));
+        let record_new = status != SAMPLED || crate::sample::due(new_size);
+        if !old_recorded && !record_new {
+            // SAFETY: as above.
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.realloc_traced(ptr, layout, new_size, old_recorded, record_new) }
+    }
+}
+
+impl<A: GlobalAlloc> Tracer<A> {
+    /// The out-of-line part of `alloc` and `alloc_zeroed` when the block is to be recorded.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::alloc`.
+    #[inline(never)]
+    unsafe fn alloc_traced(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // While sampling, `skip` found the count run out: decide (and draw the next count).
+        if STATUS.load(Relaxed) == SAMPLED && !crate::sample::due(layout.size()) {
+            // SAFETY: the caller upholds `alloc`'s contract for `layout`.
+            return unsafe {
+                if zeroed {
+                    self.inner.alloc_zeroed(layout)
+                } else {
+                    self.inner.alloc(layout)
+                }
             };
+        }
+        // SAFETY: the caller upholds `alloc`'s contract for `layout`.
+        let ptr = unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        };
+        if ptr.is_null() {
+            return ptr;
+        }
+        self.traced(ptr, layout.size())
+    }
+
+    /// The out-of-line part of `realloc` when the old block may have a record or the new one
+    /// is to get one.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc`.
+    #[inline(never)]
+    unsafe fn realloc_traced(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        old_recorded: bool,
+        record_new: bool,
+    ) -> *mut u8 {
+        let old = if old_recorded {
+            forget(ptr as usize)
+        } else {
+            None
+        };
         // SAFETY: the caller upholds `realloc`'s contract for `ptr`, `layout` and `new_size`.
         let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
         if new.is_null() {
             if let Some(old) = old {
                 table::restore(old);
-                if status == SAMPLED {
+                if STATUS.load(Relaxed) == SAMPLED {
                     crate::sample::mark(old.address);
                 }
                 if old.scope != 0 {
@@ -230,11 +287,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
             }
             return new;
         }
-        let status = STATUS.load(Relaxed);
-        if status != OFF {
-            if status == SAMPLED && !crate::sample::due(new_size) {
-                return new;
-            }
+        if record_new {
             return self.traced(new, new_size);
         }
         new
