@@ -269,6 +269,7 @@ impl Measurement {
                 let tb = traceback(stack);
                 let key = Frame {
                     function: tb.call_site().function.clone(),
+                    inlined: false,
                     ..tb.call_site().clone()
                 };
                 let entry = by_line.entry(key).or_insert(SiteUsage {

@@ -150,6 +150,11 @@ fn every_damaged_file_gets_its_own_error() {
             "duration flag 9 is neither 0 nor 1",
         ),
         (
+            "bad_frame_flags.bin",
+            0,
+            "frame flags 0x6 have unknown bits",
+        ),
+        (
             "v1_with_totals.bin",
             0,
             "bytes left over after the last trace",

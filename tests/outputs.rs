@@ -86,6 +86,21 @@ fn folded_lines_sum_to_the_snapshot() {
     let expected: u64 = (0..500u64).map(|i| (100 + i) * 8).sum();
     assert_eq!(churned, expected);
     assert!(!live.iter().any(|l| l.contains("churn (tests")));
+    // Stacks start at the program's code: std's start-up and thread-spawn frames and the C
+    // runtime below them are trimmed (a stack made only of those keeps one frame).
+    for line in live.iter().chain(&allocated) {
+        let frames: Vec<&str> = line.rsplit_once(' ').unwrap().0.split(';').collect();
+        if frames.len() > 1 {
+            let root = frames[0];
+            assert!(
+                !root.contains("(/rustc/")
+                    && !["start_thread", "clone", "__libc_start", "main ("]
+                        .iter()
+                        .any(|c| root.starts_with(c)),
+                "runtime frame at the root: {line}"
+            );
+        }
+    }
 }
 
 #[test]

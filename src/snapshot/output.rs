@@ -293,8 +293,8 @@ impl Snapshot {
     /// Pyroscope, Parca, Grafana and speedscope. Sample values are `inuse_objects` and
     /// `inuse_space` (the default), preceded by `alloc_objects` and `alloc_space` when the
     /// snapshot knows its allocation totals: Go's heap-profile layout, so `-sample_index`
-    /// works as with Go programs. One location per frame (inlined frames are locations of
-    /// their own), the call site first.
+    /// works as with Go programs. One location per machine-code address, with a line for each
+    /// frame inlined there (innermost first), the call site first.
     pub fn pprof_bytes(&self) -> Result<Vec<u8>, Error> {
         use pprof::*;
         use prost::Message;
@@ -318,36 +318,47 @@ impl Snapshot {
 
         let mut functions: HashMap<(&str, &str), u64> = HashMap::new();
         let mut function_table: Vec<Function> = Vec::new();
-        let mut locations: HashMap<&Frame, u64> = HashMap::new();
+        // A location is one machine-code address: a frame and the frames inlined into it
+        // (innermost first, as pprof lists a location's lines).
+        let mut locations: HashMap<&[Frame], u64> = HashMap::new();
         let mut location_table: Vec<Location> = Vec::new();
         let mut samples = Vec::new();
         let mut shown = self.shown_stacks();
         shown.sort_by(|a, b| a.traceback.frames().cmp(b.traceback.frames()));
         for stack in &shown {
-            let mut ids = Vec::with_capacity(stack.traceback.frames().len());
-            for frame in stack.traceback.frames() {
+            let frames = stack.traceback.frames();
+            let mut ids = Vec::with_capacity(frames.len());
+            let mut start = 0;
+            while start < frames.len() {
+                let len = frames[start..]
+                    .iter()
+                    .position(|f| !f.inlined)
+                    .map_or(frames.len() - start, |i| i + 1);
+                let group = &frames[start..start + len];
+                start += len;
                 let next_location = location_table.len() as u64 + 1;
-                let location = *locations.entry(frame).or_insert(next_location);
+                let location = *locations.entry(group).or_insert(next_location);
                 if location == next_location {
-                    let key = (&*frame.function, &*frame.filename);
-                    let next_function = function_table.len() as u64 + 1;
-                    let function = *functions.entry(key).or_insert(next_function);
-                    if function == next_function {
-                        let name = strings.id(&frame.function);
-                        function_table.push(Function {
-                            id: function,
-                            name,
-                            system_name: name,
-                            filename: strings.id(&frame.path),
-                        });
-                    }
-                    location_table.push(Location {
-                        id: location,
-                        line: vec![Line {
+                    let mut line = Vec::with_capacity(group.len());
+                    for frame in group {
+                        let key = (&*frame.function, &*frame.filename);
+                        let next_function = function_table.len() as u64 + 1;
+                        let function = *functions.entry(key).or_insert(next_function);
+                        if function == next_function {
+                            let name = strings.id(&frame.function);
+                            function_table.push(Function {
+                                id: function,
+                                name,
+                                system_name: name,
+                                filename: strings.id(&frame.path),
+                            });
+                        }
+                        line.push(Line {
                             function_id: function,
                             line: i64::from(frame.lineno),
-                        }],
-                    });
+                        });
+                    }
+                    location_table.push(Location { id: location, line });
                 }
                 ids.push(location);
             }
@@ -457,5 +468,51 @@ impl Snapshot {
     pub fn write_dhat(&self, path: impl AsRef<Path>, metric: Metric) -> Result<(), Error> {
         let json = self.dhat_json(metric)?;
         super::persist::write_atomically(path.as_ref(), json.as_bytes())
+    }
+}
+
+#[cfg(all(test, feature = "pprof"))]
+mod tests {
+    use super::*;
+    use crate::snapshot::Trace;
+    use prost::Message;
+    use std::io::Read;
+
+    fn frame(function: &str, line: u32, inlined: bool) -> Frame {
+        let mut f = Frame::new("src/lib.rs".into(), line, function.into());
+        f.inlined = inlined;
+        f
+    }
+
+    #[test]
+    fn inlined_frames_share_a_location() {
+        // `helper` was inlined into `caller`; `caller` is a call from `main`.
+        let frames = vec![
+            frame("helper", 10, true),
+            frame("caller", 20, false),
+            frame("main", 30, false),
+        ];
+        let traceback = Traceback::new(frames, 0, 16, false);
+        let snapshot = Snapshot::from_traces(
+            vec![Trace {
+                size: 64,
+                traceback,
+            }],
+            16,
+            crate::CaptureMode::FramePointers,
+        );
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&snapshot.pprof_bytes().unwrap()[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        let profile = pprof::Profile::decode(&raw[..]).unwrap();
+        assert_eq!(profile.location.len(), 2);
+        let lines: Vec<Vec<i64>> = profile
+            .location
+            .iter()
+            .map(|l| l.line.iter().map(|l| l.line).collect())
+            .collect();
+        assert_eq!(lines, [vec![10, 20], vec![30]]);
+        assert_eq!(profile.sample[0].location_id.len(), 2);
     }
 }

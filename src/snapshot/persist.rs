@@ -10,7 +10,8 @@
 //!            traceback_limit u32, capture_mode u8 (0 undecided, 1 frame pointers, 2 backtrace,
 //!            3 unwind tables), call_sites_without_lines u32
 //!            strings    u32 count, then (u32 length, UTF-8 bytes) each
-//!            frames     u32 count, then (filename, path, function: u32 string index; lineno u32)
+//!            frames     u32 count, then (filename, path, function: u32 string index; lineno u32;
+//!                       version 2: flags u8, bit 0 = inlined into the next frame)
 //!            tracebacks u32 count, then (u32 nframes, u32 call_site, u32 limit, u8 truncated,
 //!                       nframes × u32 frame index), frames innermost first
 //!            traces     u64 count, then (u64 size, u32 traceback index)
@@ -111,6 +112,7 @@ impl Snapshot {
             body.u32(strings.ids[&*frame.path]);
             body.u32(strings.ids[&*frame.function]);
             body.u32(frame.lineno);
+            body.out.push(u8::from(frame.inlined));
         }
         body.u32(tracebacks.len() as u32);
         for traceback in &tracebacks {
@@ -228,18 +230,34 @@ impl Snapshot {
             strings.push(s.into());
         }
 
-        let n = r.count32("frames", 16)?;
+        let n = r.count32("frames", if version >= 2 { 17 } else { 16 })?;
         let mut frames: Vec<Frame> = Vec::with_capacity(n);
         for _ in 0..n {
             let filename = r.index(strings.len(), "a frame's file name")?;
             let path = r.index(strings.len(), "a frame's path")?;
             let function = r.index(strings.len(), "a frame's function")?;
             let lineno = r.u32("a line number")?;
+            let inlined = if version >= 2 {
+                let at = r.pos;
+                match r.u8("a frame's flags")? {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(corrupt(
+                            at as u64,
+                            format!("frame flags {other:#x} have unknown bits"),
+                        ))
+                    }
+                }
+            } else {
+                false
+            };
             frames.push(Frame {
                 filename: strings[filename].clone(),
                 lineno,
                 function: strings[function].clone(),
                 path: strings[path].clone(),
+                inlined,
             });
         }
 

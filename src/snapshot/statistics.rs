@@ -106,15 +106,18 @@ impl GroupBy {
         let key = match self {
             GroupBy::Line | GroupBy::Traceback => Frame {
                 function: "".into(),
+                inlined: false,
                 ..frame.clone()
             },
             GroupBy::File => Frame {
                 lineno: 0,
                 function: "".into(),
+                inlined: false,
                 ..frame.clone()
             },
             GroupBy::Function => Frame {
                 lineno: 0,
+                inlined: false,
                 ..frame.clone()
             },
         };

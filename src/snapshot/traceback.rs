@@ -17,6 +17,9 @@ pub struct Frame {
     /// The source path as the debug information gives it (usually absolute); equal to
     /// `filename` when that was not shortened.
     pub path: Arc<str>,
+    /// This frame was inlined into the next (outer) one: both come from one machine-code
+    /// address. Statistics ignore it; pprof output groups such frames into one location.
+    pub inlined: bool,
 }
 
 impl Frame {
@@ -27,6 +30,7 @@ impl Frame {
             filename,
             lineno,
             function: function.into(),
+            inlined: false,
         }
     }
 
@@ -41,6 +45,7 @@ impl Frame {
             lineno,
             function: function.into(),
             path: path.into(),
+            inlined: false,
         }
     }
 

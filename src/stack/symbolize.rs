@@ -95,12 +95,18 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
             .name()
             .map(|n| format!("{n:#}"))
             .unwrap_or_else(|| format!("{ip:#x}"));
-        let path = symbol.filename().and_then(|p| p.to_str()).map(normalize);
+        let path = symbol
+            .filename()
+            .and_then(|p| p.to_str())
+            .map(str::to_owned);
         let lineno = symbol.lineno();
         let kind = classify(&function, path.as_deref());
         let has_line = path.is_some() && lineno.is_some();
         let (filename, path) = match path {
-            Some(p) => (shorten(&p, base), p),
+            // The path as the debug information gives it stays in `path` (and decides the
+            // kind: glibc's relative `./csu/../` paths mark C runtime code); the name shown is
+            // normalized and made relative to the working directory.
+            Some(p) => (shorten(&normalize(&p), base), p),
             None => ("<unknown>".to_owned(), "<unknown>".to_owned()),
         };
         frames.push(SymFrame {
@@ -115,6 +121,11 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
             kind: Kind::User,
             has_line: false,
         });
+    }
+    // Innermost first: every frame but the last was inlined into the one after it.
+    let last = frames.len() - 1;
+    for f in &mut frames[..last] {
+        f.frame.inlined = true;
     }
     frames.into()
 }

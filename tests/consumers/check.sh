@@ -18,7 +18,7 @@ cargo run -q --release --all-features --example report -- "$out" > "$out/report.
 top=$(go tool pprof -top -lines "$out/heap.pb.gz" 2>&1)
 printf '%s\n' "$top" | head -12
 printf '%s\n' "$top" | grep -q '^Type: inuse_space' || fail "pprof: not an inuse_space profile"
-printf '%s\n' "$top" | grep -Eq 'build_index .*examples/shared/index_workload.rs:[0-9]+$' \
+printf '%s\n' "$top" | grep -Eq 'build_index .*examples/shared/index_workload.rs:[0-9]+( \(inline\))?$' \
   || fail "go tool pprof does not list the workload's call sites"
 alloc=$(go tool pprof -top -sample_index=alloc_space "$out/heap.pb.gz" 2>&1)
 printf '%s\n' "$alloc" | grep -q '^Type: alloc_space' || fail "pprof: no alloc_space"

@@ -13,7 +13,7 @@ def u32(v): return struct.pack("<I", v)
 def u64(v): return struct.pack("<Q", v)
 
 def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=None,
-         string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None, duration_flag=1):
+         string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None, duration_flag=1, v2=None):
     strings = strings if strings is not None else ["src/main.rs", "/home/u/app/src/main.rs", "app::parse", "app::main"]
     frames = frames if frames is not None else [(0, 1, 2, 41), (0, 1, 3, 12)]
     tracebacks = tracebacks if tracebacks is not None else [([0, 1], 0, 16, 0)]
@@ -22,9 +22,12 @@ def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=No
     out += u32(len(strings) if string_count is None else string_count)
     for s in (raw_strings if raw_strings is not None else [s.encode() for s in strings]):
         out += u32(len(s)) + s
+    v2 = totals is not None if v2 is None else v2
     out += u32(len(frames))
     for f in frames:
-        out += b"".join(u32(x) for x in f)
+        out += b"".join(u32(x) for x in f[:4])
+        if v2:  # version 2: flags (bit 0: inlined into the next frame)
+            out += u8(f[4] if len(f) > 4 else 0)
     out += u32(len(tracebacks))
     for ids, call_site, tb_limit, truncated in tracebacks:
         out += u32(len(ids)) + u32(call_site) + u32(tb_limit) + u8(truncated)
@@ -76,7 +79,8 @@ cases = {
     "total_traceback_out_of_range.bin": file(body(totals=[(4096, 3, 7)]), version=2),
     "totals_overflow.bin": file(body(totals=[(1 << 63, 1, 0), (1 << 63, 1, 0)]), version=2),
     "bad_duration_flag.bin": file(body(totals=TOTALS, duration_flag=9), version=2),
-    "v1_with_totals.bin": file(body(totals=TOTALS), version=1),
+    "bad_frame_flags.bin": file(body(frames=[(0, 1, 2, 41, 6), (0, 1, 3, 12)], totals=TOTALS), version=2),
+    "v1_with_totals.bin": file(body(totals=TOTALS, v2=False), version=1),
 }
 for name, data in cases.items():
     with open(name, "wb") as f:
