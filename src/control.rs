@@ -87,9 +87,10 @@ pub fn traced_memory() -> TracedMemory {
 /// between samples (`Some(DEFAULT_SAMPLE_MEAN)` is 512 KiB). The traces and totals recorded so
 /// far are forgotten, as their weights would no longer match (as `start` after `stop`);
 /// tracing stays on or off as it was. Other threads draw their next sample point with the new
-/// mean once their current one is reached. `Some(0)` is an [`Error::InvalidSampleMean`].
+/// mean once their current one is reached. `Some(0)` or a mean above 1 TiB is an
+/// [`Error::InvalidSampleMean`].
 pub fn set_sampling(mean_bytes: Option<usize>) -> Result<(), Error> {
-    if mean_bytes == Some(0) {
+    if mean_bytes.is_some_and(|m| m == 0 || m > crate::sample::MAX_SAMPLE_MEAN) {
         return Err(Error::InvalidSampleMean);
     }
     ensure_installed()?;

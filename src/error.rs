@@ -39,7 +39,7 @@ pub enum Error {
         /// The interval asked for.
         interval: std::time::Duration,
     },
-    /// A sampling mean of 0 bytes (use `None` for exact tracing).
+    /// A sampling mean of 0 bytes (use `None` for exact tracing) or above 1 TiB.
     InvalidSampleMean,
     /// Heap assertions need every allocation, and the tracer samples.
     Sampled {
@@ -109,7 +109,7 @@ impl fmt::Display for Error {
                 "a timeline interval must be at least 1 ms, got {interval:?}"
             ),
             Error::InvalidSampleMean => f.write_str(
-                "a sampling mean must be at least 1 byte; use None for exact tracing",
+                "a sampling mean must be from 1 byte to 1 TiB; use None for exact tracing",
             ),
             Error::Sampled { mean } => write!(
                 f,

@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::R
 /// Default mean distance between samples, in bytes: 512 KiB, as Go, jemalloc and tcmalloc.
 pub const DEFAULT_SAMPLE_MEAN: usize = 512 * 1024;
 
+/// The largest mean distance between samples accepted: 1 TiB.
+pub(crate) const MAX_SAMPLE_MEAN: usize = 1 << 40;
+
 /// Mean bytes between samples; 0 = exact tracing.
 static MEAN: AtomicUsize = AtomicUsize::new(0);
 /// Bumped when the mean or the seed changes, so threads draw their next countdown afresh.

@@ -96,7 +96,8 @@ impl<A> Tracer<A> {
     /// on average one allocation per `mean_bytes` bytes allocated
     /// ([`DEFAULT_SAMPLE_MEAN`](crate::DEFAULT_SAMPLE_MEAN), 512 KiB, is what Go, jemalloc and
     /// tcmalloc use). Every figure is then an unbiased estimate, and marked as one; heap
-    /// assertions refuse to run. `mean_bytes` of 0 means exact tracing.
+    /// assertions refuse to run. `mean_bytes` of 0 means exact tracing; more than 1 TiB is
+    /// taken as 1 TiB.
     /// [`set_sampling`](crate::set_sampling) changes it at run time.
     pub const fn sampled(mut self, mean_bytes: usize) -> Self {
         self.sample_mean = mean_bytes;
@@ -150,7 +151,7 @@ impl<A> Tracer<A> {
     #[inline(never)]
     fn first_use(&self) -> u8 {
         if self.sample_mean != 0 && crate::sample::mean() == 0 {
-            crate::sample::set_mean(self.sample_mean);
+            crate::sample::set_mean(self.sample_mean.min(crate::sample::MAX_SAMPLE_MEAN));
         }
         let wanted = if self.start_stopped { OFF } else { on_value() };
         match STATUS.compare_exchange(UNINIT, wanted, Relaxed, Relaxed) {

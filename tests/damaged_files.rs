@@ -14,6 +14,31 @@ fn load(name: &str) -> Result<Snapshot, Error> {
 }
 
 #[test]
+fn the_largest_sampling_mean_gives_huge_estimates_and_every_analysis_runs() {
+    // The fuzzer found a file whose sampling mean made estimates overflow `compare_to`'s
+    // arithmetic; means above 1 TiB are now refused at load and the sums saturate.
+    let snapshot = load("sampled_extreme.tracealloc").unwrap();
+    assert_eq!(snapshot.sampled(), Some(1 << 40));
+    let empty = Snapshot::from_bytes(
+        &snapshot
+            .filter_traces(&[tracealloc::Filter::include("nothing").unwrap()])
+            .to_bytes(),
+    )
+    .unwrap();
+    for group_by in [GroupBy::Line, GroupBy::Traceback] {
+        let stats = snapshot.statistics(group_by);
+        assert!(stats[0].size >= 1 << 40 && stats[0].estimated);
+        assert_eq!(
+            snapshot.compare_to(&empty, group_by)[0].size_diff,
+            stats[0].size.min(i64::MAX as usize) as i64
+        );
+        assert!(empty.compare_to(&snapshot, group_by)[0].size_diff < 0);
+        snapshot.allocation_statistics(group_by).unwrap();
+    }
+    snapshot.allocated_total().unwrap();
+}
+
+#[test]
 fn a_version_1_file_loads_without_allocation_totals() {
     let snapshot = load("valid_v1.tracealloc").unwrap();
     assert_eq!(snapshot.total_size(), 2112);
@@ -150,6 +175,11 @@ fn every_damaged_file_gets_its_own_error() {
             "duration flag 9 is neither 0 nor 1",
         ),
         (
+            "absurd_sampling_mean.bin",
+            0,
+            "sampling mean 1099511627777 is beyond any real one",
+        ),
+        (
             "bad_frame_flags.bin",
             0,
             "frame flags 0x6 have unknown bits",
@@ -207,7 +237,11 @@ fn every_damaged_file_gets_its_own_error() {
 
 #[test]
 fn every_truncation_and_every_flipped_byte_is_an_error_not_a_panic() {
-    for name in ["valid.tracealloc", "valid_v1.tracealloc"] {
+    for name in [
+        "valid.tracealloc",
+        "valid_v1.tracealloc",
+        "sampled_extreme.tracealloc",
+    ] {
         damage_every_way(name);
     }
 }

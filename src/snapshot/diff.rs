@@ -69,6 +69,11 @@ impl Snapshot {
     }
 }
 
+/// `new - old`, saturated to `i64` (estimates from a sampled snapshot can be huge).
+fn signed_difference(new: usize, old: usize) -> i64 {
+    (new as i128 - old as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
 fn diff(
     new: Vec<super::Statistic>,
     old: Vec<super::Statistic>,
@@ -92,8 +97,8 @@ fn diff(
                 .remove(s.traceback.frames())
                 .map_or((0, 0), |(_, size, count)| (size, count));
             StatisticDiff {
-                size_diff: s.size as i64 - old_size as i64,
-                count_diff: s.count as i64 - old_count as i64,
+                size_diff: signed_difference(s.size, old_size),
+                count_diff: signed_difference(s.count, old_count),
                 traceback: s.traceback,
                 size: s.size,
                 count: s.count,
@@ -107,9 +112,9 @@ fn diff(
             .map(|(traceback, size, count)| StatisticDiff {
                 traceback,
                 size: 0,
-                size_diff: -(size as i64),
+                size_diff: signed_difference(0, size),
                 count: 0,
-                count_diff: -(count as i64),
+                count_diff: signed_difference(0, count),
                 group_by,
                 estimated,
             }),

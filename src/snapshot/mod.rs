@@ -194,9 +194,9 @@ impl Snapshot {
     /// ones included; `None` when the snapshot does not know.
     pub fn allocated_total(&self) -> Option<(u64, u64)> {
         let released = self.released.as_ref()?;
-        let (bytes, blocks) = released
-            .iter()
-            .fold((0u64, 0u64), |(b, n), r| (b + r.bytes, n + r.blocks));
+        let (bytes, blocks) = released.iter().fold((0u64, 0u64), |(b, n), r| {
+            (b.saturating_add(r.bytes), n.saturating_add(r.blocks))
+        });
         Some((
             bytes + self.total_size() as u64,
             blocks + self.traces.len() as u64,
@@ -229,8 +229,8 @@ impl Snapshot {
                     total: Some((0, 0)),
                 });
             if let Some(total) = &mut slot.total {
-                total.0 += r.bytes;
-                total.1 += r.blocks;
+                total.0 = total.0.saturating_add(r.bytes);
+                total.1 = total.1.saturating_add(r.blocks);
             }
         }
         by_stack.into_values().collect()

@@ -78,11 +78,12 @@ impl Snapshot {
                 live_blocks: 0,
                 total: s.total.map(|_| (0, 0)),
             });
-            slot.live_bytes += s.live_bytes;
-            slot.live_blocks += s.live_blocks;
+            // Saturating: estimates from a sampled snapshot can be huge.
+            slot.live_bytes = slot.live_bytes.saturating_add(s.live_bytes);
+            slot.live_blocks = slot.live_blocks.saturating_add(s.live_blocks);
             if let (Some(sum), Some(add)) = (&mut slot.total, s.total) {
-                sum.0 += add.0;
-                sum.1 += add.1;
+                sum.0 = sum.0.saturating_add(add.0);
+                sum.1 = sum.1.saturating_add(add.1);
             }
         }
         merged.into_values().collect()
@@ -133,7 +134,8 @@ impl Snapshot {
                 .map(frame_label)
                 .collect::<Vec<_>>()
                 .join(";");
-            *merged.entry(line).or_default() += row.bytes;
+            let sum = merged.entry(line).or_default();
+            *sum = sum.saturating_add(row.bytes);
         }
         let mut lines: Vec<String> = merged
             .into_iter()

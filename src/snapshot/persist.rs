@@ -373,7 +373,15 @@ impl Snapshot {
             None
         };
         let sample_mean = if version >= 2 {
-            r.u64("the sampling mean")?
+            let at = r.pos;
+            let mean = r.u64("the sampling mean")?;
+            if mean > crate::sample::MAX_SAMPLE_MEAN as u64 {
+                return Err(corrupt(
+                    at as u64,
+                    format!("sampling mean {mean} is beyond any real one (at most 1 TiB)"),
+                ));
+            }
+            mean
         } else {
             0
         };

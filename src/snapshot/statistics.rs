@@ -140,8 +140,9 @@ impl Groups {
         if key.all_frames() < slot.0.all_frames() {
             slot.0 = key;
         }
-        slot.1 += size;
-        slot.2 += count;
+        // Saturating: estimates from a sampled snapshot can be huge.
+        slot.1 = slot.1.saturating_add(size);
+        slot.2 = slot.2.saturating_add(count);
     }
 
     /// Biggest first: by size, then count, as tracemalloc sorts.

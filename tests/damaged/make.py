@@ -13,7 +13,7 @@ def u32(v): return struct.pack("<I", v)
 def u64(v): return struct.pack("<Q", v)
 
 def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=None,
-         string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None, duration_flag=1, v2=None):
+         string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None, duration_flag=1, v2=None, sample_mean=0):
     strings = strings if strings is not None else ["src/main.rs", "/home/u/app/src/main.rs", "app::parse", "app::main"]
     frames = frames if frames is not None else [(0, 1, 2, 41), (0, 1, 3, 12)]
     tracebacks = tracebacks if tracebacks is not None else [([0, 1], 0, 16, 0)]
@@ -46,7 +46,7 @@ def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=No
         if duration_flag == 1:
             out += u64(2_500_000_000)
         # Then the sampling mean (0: every allocation traced).
-        out += u64(0)
+        out += u64(sample_mean)
     return out
 
 def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
@@ -80,6 +80,10 @@ cases = {
     "totals_overflow.bin": file(body(totals=[(1 << 63, 1, 0), (1 << 63, 1, 0)]), version=2),
     "bad_duration_flag.bin": file(body(totals=TOTALS, duration_flag=9), version=2),
     "bad_frame_flags.bin": file(body(frames=[(0, 1, 2, 41, 6), (0, 1, 3, 12)], totals=TOTALS), version=2),
+    "absurd_sampling_mean.bin": file(body(totals=TOTALS, sample_mean=(1 << 40) + 1), version=2),
+    # Valid: sampled with the largest mean, so every estimate is huge (must not overflow).
+    "sampled_extreme.tracealloc": file(body(totals=TOTALS, sample_mean=1 << 40,
+                                            traces=[(1, 0), (1 << 40, 0)]), version=2),
     "v1_with_totals.bin": file(body(totals=TOTALS, v2=False), version=1),
 }
 for name, data in cases.items():
