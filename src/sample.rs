@@ -69,25 +69,6 @@ pub(crate) fn set_seed(seed: u64) {
     restart_this_thread();
 }
 
-/// Counts `size` bytes down without deciding anything: true when the count has not run out,
-/// so this allocation is certainly not recorded (the count is then updated); false when the
-/// caller must ask [`due`] (which counts the bytes itself). Call-free, so that an allocator's
-/// untraced path stays a tail call.
-#[inline(always)]
-pub(crate) fn skip(size: usize) -> bool {
-    COUNTDOWN
-        .try_with(|c| {
-            let left = c.get() - size as isize;
-            if left > 0 {
-                c.set(left);
-                true
-            } else {
-                false
-            }
-        })
-        .unwrap_or(true)
-}
-
 /// Counts `size` bytes down; true when this allocation is to be recorded.
 #[inline(always)]
 pub(crate) fn due(size: usize) -> bool {

@@ -195,7 +195,7 @@ impl Shard {
     }
 
     /// Adds (or, with `add` false, takes back) one released block of `stack`.
-    #[inline]
+    #[inline(always)]
     fn release(&mut self, stack: StackId, size: usize, add: bool) {
         let h = stack_hash(stack);
         let (bytes, blocks) = sample::accounted_totals(size);

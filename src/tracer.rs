@@ -171,26 +171,31 @@ impl<A> Tracer<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // Decided before allocating, so that the untraced paths end in a tail call to the
-        // inner allocator, with nothing left to do after it.
+        // SAFETY: the caller upholds `alloc`'s contract for `layout`.
+        let ptr = unsafe { self.inner.alloc(layout) };
         let status = STATUS.load(Relaxed);
-        if status == OFF || (status == SAMPLED && crate::sample::skip(layout.size())) {
-            // SAFETY: the caller upholds `alloc`'s contract for `layout`.
-            return unsafe { self.inner.alloc(layout) };
+        if status != OFF && !ptr.is_null() {
+            if status == SAMPLED && !crate::sample::due(layout.size()) {
+                return ptr;
+            }
+            // In tail position: no frame of its own in the captured stack.
+            return self.traced(ptr, layout.size());
         }
-        // SAFETY: forwarded contract.
-        unsafe { self.alloc_traced(layout, false) }
+        ptr
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `alloc_zeroed`'s contract for `layout`.
+        let ptr = unsafe { self.inner.alloc_zeroed(layout) };
         let status = STATUS.load(Relaxed);
-        if status == OFF || (status == SAMPLED && crate::sample::skip(layout.size())) {
-            // SAFETY: the caller upholds `alloc_zeroed`'s contract for `layout`.
-            return unsafe { self.inner.alloc_zeroed(layout) };
+        if status != OFF && !ptr.is_null() {
+            if status == SAMPLED && !crate::sample::due(layout.size()) {
+                return ptr;
+            }
+            return self.traced(ptr, layout.size());
         }
-        // SAFETY: forwarded contract.
-        unsafe { self.alloc_traced(layout, true) }
+        ptr
     }
 
     #[inline]
@@ -224,37 +229,6 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
 }
 
 impl<A: GlobalAlloc> Tracer<A> {
-    /// The out-of-line part of `alloc` and `alloc_zeroed` when the block is to be recorded.
-    ///
-    /// # Safety
-    /// As `GlobalAlloc::alloc`.
-    #[inline(never)]
-    unsafe fn alloc_traced(&self, layout: Layout, zeroed: bool) -> *mut u8 {
-        // While sampling, `skip` found the count run out: decide (and draw the next count).
-        if STATUS.load(Relaxed) == SAMPLED && !crate::sample::due(layout.size()) {
-            // SAFETY: the caller upholds `alloc`'s contract for `layout`.
-            return unsafe {
-                if zeroed {
-                    self.inner.alloc_zeroed(layout)
-                } else {
-                    self.inner.alloc(layout)
-                }
-            };
-        }
-        // SAFETY: the caller upholds `alloc`'s contract for `layout`.
-        let ptr = unsafe {
-            if zeroed {
-                self.inner.alloc_zeroed(layout)
-            } else {
-                self.inner.alloc(layout)
-            }
-        };
-        if ptr.is_null() {
-            return ptr;
-        }
-        self.traced(ptr, layout.size())
-    }
-
     /// The out-of-line part of `realloc` when the old block may have a record or the new one
     /// is to get one.
     ///
