@@ -146,34 +146,41 @@ pub(crate) fn estimated_blocks(size: usize, mean: u64) -> f64 {
     1.0 / probability(size, mean)
 }
 
-/// What a recorded block of `size` adds to the current and peak counters: its size when
-/// tracing exactly, its estimated bytes when sampling.
-#[inline]
-pub(crate) fn accounted(size: usize) -> usize {
-    let mean = MEAN.load(Relaxed);
-    if mean == 0 {
-        size
-    } else {
-        estimated_bytes(size, mean as u64).round() as usize
-    }
-}
-
 /// Blocks are counted in 1/1024ths while sampling, so that fractional estimates add up
 /// without rounding bias; this is one block.
 pub(crate) const BLOCK_UNIT: u64 = 1024;
 
-/// What a recorded block adds to the allocation totals: (bytes, blocks in 1/1024ths when
-/// sampling, in blocks when exact).
-#[inline]
-pub(crate) fn accounted_totals(size: usize) -> (u64, u64) {
+/// What a recorded block counts for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Weight {
+    /// Bytes, for the current and peak counters and the allocation totals: the block's size
+    /// when tracing exactly, its estimated bytes when sampling.
+    pub(crate) bytes: u64,
+    /// Blocks, for the allocation totals: 1 when exact, the estimate in 1/[`BLOCK_UNIT`]ths
+    /// when sampling.
+    pub(crate) blocks: u64,
+}
+
+/// The weight of a recorded block of `size`: one load and a branch when tracing exactly.
+#[inline(always)]
+pub(crate) fn weight(size: usize) -> Weight {
     let mean = MEAN.load(Relaxed);
     if mean == 0 {
-        (size as u64, 1)
+        Weight {
+            bytes: size as u64,
+            blocks: 1,
+        }
     } else {
-        (
-            estimated_bytes(size, mean as u64).round() as u64,
-            (estimated_blocks(size, mean as u64) * BLOCK_UNIT as f64).round() as u64,
-        )
+        sampled_weight(size, mean as u64)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn sampled_weight(size: usize, mean: u64) -> Weight {
+    Weight {
+        bytes: estimated_bytes(size, mean).round() as u64,
+        blocks: (estimated_blocks(size, mean) * BLOCK_UNIT as f64).round() as u64,
     }
 }
 

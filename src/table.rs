@@ -196,9 +196,9 @@ impl Shard {
 
     /// Adds (or, with `add` false, takes back) one released block of `stack`.
     #[inline(always)]
-    fn release(&mut self, stack: StackId, size: usize, add: bool) {
+    fn release(&mut self, stack: StackId, weight: sample::Weight, add: bool) {
         let h = stack_hash(stack);
-        let (bytes, blocks) = sample::accounted_totals(size);
+        let sample::Weight { bytes, blocks } = weight;
         if let Some(r) = self.released.find_mut(h, |r| r.stack == stack) {
             if add {
                 r.bytes += bytes;
@@ -283,15 +283,16 @@ pub(crate) fn insert(
 ) -> Result<Option<Entry>, ()> {
     let (mut shard, h) = locate(address);
     let shard = &mut *shard;
-    let (bytes, blocks) = sample::accounted_totals(size);
-    shard.allocated_bytes += bytes;
-    shard.allocated_blocks += blocks;
+    let weight = sample::weight(size);
+    shard.allocated_bytes += weight.bytes;
+    shard.allocated_blocks += weight.blocks;
     if let Some(stale) = shard.live.find(h, |s| s.address == address).copied() {
         // A record survived a free we did not see (a race with `stop`); the address is live
         // again, so the old block is gone.
         let old = shard.unpack_and_forget(&stale, h);
-        counters::removed(sample::accounted(old.size));
-        shard.release(old.stack, old.size, true);
+        let old_weight = sample::weight(old.size);
+        counters::removed(old_weight.bytes as usize);
+        shard.release(old.stack, old_weight, true);
         let Ok(slot) = shard.pack(address, size, stack, scope, h) else {
             if let Ok(e) = shard.live.find_entry(h, |s| s.address == address) {
                 e.remove();
@@ -301,7 +302,7 @@ pub(crate) fn insert(
         if let Some(s) = shard.live.find_mut(h, |s| s.address == address) {
             *s = slot;
         }
-        counters::added(sample::accounted(size));
+        counters::added(weight.bytes as usize);
         return Ok(Some(old));
     }
     if shard.live.try_reserve(1, rehash).is_err() {
@@ -309,7 +310,7 @@ pub(crate) fn insert(
     }
     let slot = shard.pack(address, size, stack, scope, h)?;
     shard.live.insert_unique(h, slot, rehash);
-    counters::added(sample::accounted(size));
+    counters::added(weight.bytes as usize);
     Ok(None)
 }
 
@@ -318,8 +319,9 @@ pub(crate) fn restore(entry: Entry) {
     if shard.live.try_reserve(1, rehash).is_ok() {
         if let Ok(slot) = shard.pack(entry.address, entry.size, entry.stack, entry.scope, h) {
             shard.live.insert_unique(h, slot, rehash);
-            shard.release(entry.stack, entry.size, false);
-            counters::restored(sample::accounted(entry.size));
+            let weight = sample::weight(entry.size);
+            shard.release(entry.stack, weight, false);
+            counters::restored(weight.bytes as usize);
         }
     }
 }
@@ -342,8 +344,9 @@ pub(crate) fn remove(address: usize) -> Option<Entry> {
             scope: 0,
         }
     };
-    shard.release(entry.stack, entry.size, true);
-    counters::removed(sample::accounted(entry.size));
+    let weight = sample::weight(entry.size);
+    shard.release(entry.stack, weight, true);
+    counters::removed(weight.bytes as usize);
     Some(entry)
 }
 
@@ -405,8 +408,9 @@ pub(crate) fn clear() {
         let mut held = 0;
         for slot in &live {
             let e = shard.unpack(slot, address_hash(slot.address));
-            held += sample::accounted(e.size);
-            shard.release(e.stack, e.size, true);
+            let weight = sample::weight(e.size);
+            held += weight.bytes as usize;
+            shard.release(e.stack, weight, true);
         }
         // Freeing these under the lock is safe: they go to `System`, never to the tracer.
         drop(live);

@@ -228,26 +228,13 @@ struct Module {
     end: usize,
 }
 
-/// Counts the cold path's outcomes, for tests and the benchmark notes.
-pub(crate) static MISSES: AtomicU64 = AtomicU64::new(0);
-pub(crate) static UNCACHEABLE: AtomicU64 = AtomicU64::new(0);
-
 #[cold]
 #[inline(never)]
 fn miss(pc: usize) -> u64 {
-    MISSES.fetch_add(1, Relaxed);
     check_unloads();
-    let Some(module) = find_module(pc) else {
-        UNCACHEABLE.fetch_add(1, Relaxed);
-        return 0;
-    };
-    match rule_for(pc, &module) {
-        Some(rule) => store(pc, rule),
-        None => {
-            UNCACHEABLE.fetch_add(1, Relaxed);
-            0
-        }
-    }
+    find_module(pc)
+        .and_then(|module| rule_for(pc, &module))
+        .map_or(0, |rule| store(pc, rule))
 }
 
 fn rule_for(pc: usize, module: &Module) -> Option<u64> {
