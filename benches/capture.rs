@@ -73,20 +73,17 @@ macro_rules! table {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let Some(rounds) = common::rounds(11) else {
         return;
-    }
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(11);
+    };
     let sites: [[Site; 32]; 32] = table!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
 
     // Captures run on a thread of their own: its stack is short (clone3, start_thread, std's
     // thread start), so depths of 7 are reachable.
     std::thread::spawn(move || {
-        let frame_pointers = tracealloc::capture_mode() == CaptureMode::FramePointers
-            || std::env::var("RUSTFLAGS").map_or(true, |f| f.contains("frame-pointers"));
+        // The capture way was decided by the self-test at the first traced allocation.
+        black_box(Box::new(0u8));
+        let frame_pointers = tracealloc::capture_mode() == CaptureMode::FramePointers;
         let base = at_depth(0, Way::Tables);
         let targets = [7usize, 19, 39];
         let depths: Vec<usize> = targets.iter().map(|t| t.saturating_sub(base)).collect();

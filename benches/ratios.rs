@@ -56,13 +56,9 @@ impl Row {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let Some(rounds) = common::rounds(15) else {
         return;
-    }
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(15);
+    };
     let sizes = [16usize, 64, 4096];
     let mut traced_rows: Vec<Row> = sizes
         .iter()

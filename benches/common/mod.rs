@@ -33,6 +33,19 @@ pub(crate) fn iterations(mut f: impl FnMut()) -> u64 {
     }
 }
 
+/// `ROUNDS` from the environment, or `default`; `None` when cargo only lists the benches.
+pub(crate) fn rounds(default: usize) -> Option<usize> {
+    if std::env::args().any(|a| a == "--list") {
+        return None;
+    }
+    Some(
+        std::env::var("ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
 /// The median (sorts `v`).
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -268,17 +268,7 @@ impl Snapshot {
             let nframes = r.count32("frames of a traceback", 4)?;
             let call_site = r.u32("a call site index")? as usize;
             let limit = r.u32("a traceback limit")? as usize;
-            let truncated_at = r.pos;
-            let truncated = match r.u8("a truncation flag")? {
-                0 => false,
-                1 => true,
-                other => {
-                    return Err(corrupt(
-                        truncated_at as u64,
-                        format!("truncation flag {other} is neither 0 nor 1"),
-                    ))
-                }
-            };
+            let truncated = r.flag("a truncation flag", "truncation flag")?;
             if nframes > 0 && call_site >= nframes || nframes == 0 && call_site != 0 {
                 return Err(corrupt(
                     at as u64 + 4,
@@ -319,56 +309,14 @@ impl Snapshot {
             let traceback = tracebacks[r.index(tracebacks.len(), "a trace's traceback")?].clone();
             traces.push(Trace { size, traceback });
         }
-        let released = if version >= 2 {
-            let known_at = r.pos;
-            match r.u8("the allocation-totals flag")? {
-                0 => None,
-                1 => {
-                    let n = r.count64("allocation totals", 20)?;
-                    let mut released = Vec::with_capacity(n);
-                    let mut sum: u64 = 0;
-                    for _ in 0..n {
-                        let at = r.pos;
-                        let bytes = r.u64("released bytes")?;
-                        let blocks = r.u64("released blocks")?;
-                        if blocks == 0 {
-                            return Err(corrupt(at as u64 + 8, "an allocation total of 0 blocks"));
-                        }
-                        sum = sum.checked_add(bytes).ok_or_else(|| {
-                            corrupt(at as u64, "the allocation totals overflow 64 bits")
-                        })?;
-                        let traceback =
-                            tracebacks[r.index(tracebacks.len(), "a total's traceback")?].clone();
-                        released.push(Released {
-                            bytes,
-                            blocks,
-                            traceback,
-                        });
-                    }
-                    Some(released)
-                }
-                other => {
-                    return Err(corrupt(
-                        known_at as u64,
-                        format!("allocation-totals flag {other} is neither 0 nor 1"),
-                    ))
-                }
-            }
-        } else {
-            None
-        };
-        let duration = if version >= 2 {
-            let known_at = r.pos;
-            match r.u8("the duration flag")? {
-                0 => None,
-                1 => Some(std::time::Duration::from_nanos(r.u64("the duration")?)),
-                other => {
-                    return Err(corrupt(
-                        known_at as u64,
-                        format!("duration flag {other} is neither 0 nor 1"),
-                    ))
-                }
-            }
+        let released =
+            if version >= 2 && r.flag("the allocation-totals flag", "allocation-totals flag")? {
+                Some(read_released(&mut r, &tracebacks)?)
+            } else {
+                None
+            };
+        let duration = if version >= 2 && r.flag("the duration flag", "duration flag")? {
+            Some(std::time::Duration::from_nanos(r.u64("the duration")?))
         } else {
             None
         };
@@ -401,6 +349,32 @@ impl Snapshot {
             call_sites_without_lines,
         })
     }
+}
+
+/// The allocation totals of a version-2 file: per stack, what was allocated and is no longer
+/// live.
+fn read_released(r: &mut Reader<'_>, tracebacks: &[Traceback]) -> Result<Vec<Released>, Error> {
+    let n = r.count64("allocation totals", 20)?;
+    let mut released = Vec::with_capacity(n);
+    let mut sum: u64 = 0;
+    for _ in 0..n {
+        let at = r.pos;
+        let bytes = r.u64("released bytes")?;
+        let blocks = r.u64("released blocks")?;
+        if blocks == 0 {
+            return Err(corrupt(at as u64 + 8, "an allocation total of 0 blocks"));
+        }
+        sum = sum
+            .checked_add(bytes)
+            .ok_or_else(|| corrupt(at as u64, "the allocation totals overflow 64 bits"))?;
+        let traceback = tracebacks[r.index(tracebacks.len(), "a total's traceback")?].clone();
+        released.push(Released {
+            bytes,
+            blocks,
+            traceback,
+        });
+    }
+    Ok(released)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so a reader
@@ -495,6 +469,19 @@ impl<'a> Reader<'a> {
 
     fn u8(&mut self, what: &str) -> Result<u8, Error> {
         Ok(self.take(1, what)?[0])
+    }
+
+    /// A byte that must be 0 or 1; `name` names it in the error.
+    fn flag(&mut self, what: &str, name: &str) -> Result<bool, Error> {
+        let at = self.pos;
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(corrupt(
+                at as u64,
+                format!("{name} {other} is neither 0 nor 1"),
+            )),
+        }
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, Error> {
