@@ -283,35 +283,63 @@ pub(crate) fn insert(
 ) -> Result<Option<Entry>, ()> {
     let (mut shard, h) = locate(address);
     let shard = &mut *shard;
-    let weight = sample::weight(size);
-    shard.allocated_bytes += weight.bytes;
-    shard.allocated_blocks += weight.blocks;
-    if let Some(stale) = shard.live.find(h, |s| s.address == address).copied() {
-        // A record survived a free we did not see (a race with `stop`); the address is live
-        // again, so the old block is gone.
-        let old = shard.unpack_and_forget(&stale, h);
-        let old_weight = sample::weight(old.size);
-        counters::removed(old_weight.bytes as usize);
-        shard.release(old.stack, old_weight, true);
-        let Ok(slot) = shard.pack(address, size, stack, scope, h) else {
-            if let Ok(e) = shard.live.find_entry(h, |s| s.address == address) {
-                e.remove();
-            }
-            return Err(());
-        };
-        if let Some(s) = shard.live.find_mut(h, |s| s.address == address) {
-            *s = slot;
-        }
-        counters::added(weight.bytes as usize);
-        return Ok(Some(old));
-    }
+    // Room first (a no-op unless the table is full), so that one probe both looks for a stale
+    // record and finds the free bucket, and growth failure is an error rather than an abort.
     if shard.live.try_reserve(1, rehash).is_err() {
         return Err(());
     }
-    let slot = shard.pack(address, size, stack, scope, h)?;
-    shard.live.insert_unique(h, slot, rehash);
+    let weight = sample::weight(size);
+    let stale = match shard.live.entry(h, |s| s.address == address, rehash) {
+        hashbrown::hash_table::Entry::Vacant(vacant) => {
+            let slot = if size >= BIG as usize || scope != 0 {
+                // Side parts: the shard itself must be borrowed, so look the bucket up again
+                // (rare: blocks of 4 GiB or more, and blocks made inside a measurement scope).
+                None
+            } else {
+                Some(Slot {
+                    address,
+                    size: size as u32,
+                    stack,
+                })
+            };
+            match slot {
+                Some(slot) => {
+                    vacant.insert(slot);
+                }
+                None => {
+                    let slot = shard.pack(address, size, stack, scope, h)?;
+                    shard.live.insert_unique(h, slot, rehash);
+                }
+            }
+            None
+        }
+        hashbrown::hash_table::Entry::Occupied(occupied) => Some(*occupied.get()),
+    };
+    shard.allocated_bytes += weight.bytes;
+    shard.allocated_blocks += weight.blocks;
+    let Some(stale) = stale else {
+        counters::added(weight.bytes as usize);
+        return Ok(None);
+    };
+    // A record survived a free we did not see (a race with `stop`); the address is live
+    // again, so the old block is gone.
+    let old = shard.unpack_and_forget(&stale, h);
+    let old_weight = sample::weight(old.size);
+    counters::removed(old_weight.bytes as usize);
+    shard.release(old.stack, old_weight, true);
+    let Ok(slot) = shard.pack(address, size, stack, scope, h) else {
+        if let Ok(e) = shard.live.find_entry(h, |s| s.address == address) {
+            e.remove();
+        }
+        shard.allocated_bytes -= weight.bytes;
+        shard.allocated_blocks -= weight.blocks;
+        return Err(());
+    };
+    if let Some(s) = shard.live.find_mut(h, |s| s.address == address) {
+        *s = slot;
+    }
     counters::added(weight.bytes as usize);
-    Ok(None)
+    Ok(Some(old))
 }
 
 pub(crate) fn restore(entry: Entry) {

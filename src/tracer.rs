@@ -281,11 +281,11 @@ fn record(address: usize, size: usize, sampled: bool) {
     };
     let mut buf = [MaybeUninit::<usize>::uninit(); MAX_CAPTURE];
     let cap = CAPTURE_CAP.load(Relaxed).min(MAX_CAPTURE);
-    let n = capture::capture(&mut buf[..cap]);
+    let (n, hash) = capture::capture_hashed(&mut buf[..cap]);
     // SAFETY: `capture` initialized the first `n` slots.
     let addresses = unsafe { &*(&buf[..n] as *const [MaybeUninit<usize>] as *const [usize]) };
     let scope = scope::current_id();
-    let Some(stack) = intern::intern(addresses) else {
+    let Some(stack) = intern::intern_hashed(addresses, hash) else {
         counters::dropped();
         return;
     };

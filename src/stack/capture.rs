@@ -70,6 +70,24 @@ pub(crate) fn mode() -> CaptureMode {
 /// allocate).
 #[inline]
 pub(crate) fn capture(buf: &mut [MaybeUninit<usize>]) -> usize {
+    capture_mode_dispatch(buf)
+}
+
+/// [`capture`], also returning the stack's [`hash_stack`](super::intern::hash_stack) (computed
+/// during the walk in frame-pointer mode).
+#[inline]
+pub(crate) fn capture_hashed(buf: &mut [MaybeUninit<usize>]) -> (usize, u64) {
+    if MODE.load(Ordering::Relaxed) == FRAME_POINTERS {
+        return fp_walk_hashed(buf);
+    }
+    let n = capture_mode_dispatch(buf);
+    // SAFETY: the capture initialized the first `n` slots.
+    let addresses = unsafe { &*(&buf[..n] as *const [MaybeUninit<usize>] as *const [usize]) };
+    (n, super::intern::hash_stack(addresses))
+}
+
+#[inline(always)]
+fn capture_mode_dispatch(buf: &mut [MaybeUninit<usize>]) -> usize {
     match MODE.load(Ordering::Relaxed) {
         FRAME_POINTERS => fp_walk(buf),
         UNWIND_TABLES => tables(buf),
@@ -343,16 +361,36 @@ fn thread_stack_top() -> Option<usize> {
 /// thread's stack.
 #[inline(never)]
 pub(crate) fn fp_walk(buf: &mut [MaybeUninit<usize>]) -> usize {
+    walk(buf).0
+}
+
+/// [`fp_walk`], also returning the stack's [`hash_stack`](super::intern::hash_stack), computed
+/// during the walk: the multiplications run while the next frame record is being loaded, so
+/// the hash costs almost nothing on top of the pointer chase.
+#[inline(never)]
+pub(crate) fn fp_walk_hashed(buf: &mut [MaybeUninit<usize>]) -> (usize, u64) {
+    walk(buf)
+}
+
+#[inline(always)]
+fn walk(buf: &mut [MaybeUninit<usize>]) -> (usize, u64) {
     let (mut fp, sp) = frame_and_stack_pointer();
-    let top = stack_top();
     let word = std::mem::size_of::<usize>();
+    // A record [fp, fp + 2 words) must end at or below the stack top: fp ≤ last.
+    let last = stack_top().saturating_sub(2 * word);
+    let mut hash = super::intern::HASH_START;
+    // Records move strictly towards the top (checked below), so once above `sp` they stay so.
+    if fp < sp {
+        return (0, super::intern::hash_finish(hash, 0));
+    }
     let mut n = 0;
     while n < buf.len() {
-        if fp < sp || fp % word != 0 || fp.checked_add(2 * word).is_none_or(|end| end > top) {
+        if fp > last || fp % word != 0 {
             break;
         }
-        // SAFETY: [fp, fp + 2 words) lies within this thread's live stack (checked above against
-        // the current stack pointer and the stack's upper end), and is word-aligned.
+        // SAFETY: [fp, fp + 2 words) lies within this thread's live stack (at or above the
+        // current stack pointer, checked before the loop and kept by the strict increase of
+        // `fp`, and at most the stack's upper end), and is word-aligned.
         let (next, ret) = unsafe {
             let record = fp as *const usize;
             (record.read(), record.add(1).read())
@@ -363,13 +401,14 @@ pub(crate) fn fp_walk(buf: &mut [MaybeUninit<usize>]) -> usize {
         if let Some(slot) = buf.get_mut(n) {
             slot.write(ret);
         }
+        hash = super::intern::hash_step(hash, ret);
         n += 1;
         if next <= fp {
             break;
         }
         fp = next;
     }
-    n
+    (n, super::intern::hash_finish(hash, n))
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -13,7 +13,6 @@ use crate::meta::{MetaAlloc, Padded};
 use allocator_api2::vec::Vec as MetaVec;
 use hashbrown::HashTable;
 use std::cell::Cell;
-use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 /// Identifies an interned stack.
@@ -58,11 +57,29 @@ impl Shard {
 
 static TABLE: [Padded<Mutex<Shard>>; SHARDS] = [const { Padded(Mutex::new(Shard::new())) }; SHARDS];
 
-/// Hashes a list of addresses (rustc-hash: ~11 ns for 32 frames).
+/// Hashes a list of addresses: one multiply per address (as rustc-hash's Fx), so that the
+/// frame-pointer walk can compute it on the fly ([`hash_step`] per address, then
+/// [`hash_finish`]).
 #[inline]
 pub(crate) fn hash_stack(addresses: &[usize]) -> u64 {
-    // 0 marks an empty cache slot.
-    rustc_hash::FxBuildHasher.hash_one(addresses).max(1)
+    let hash = addresses.iter().fold(HASH_START, |h, &a| hash_step(h, a));
+    hash_finish(hash, addresses.len())
+}
+
+pub(crate) const HASH_START: u64 = 0;
+const HASH_MULTIPLIER: u64 = 0xf135_7aea_2e62_a9c5;
+
+#[inline(always)]
+pub(crate) fn hash_step(hash: u64, address: usize) -> u64 {
+    hash.wrapping_add(address as u64)
+        .wrapping_mul(HASH_MULTIPLIER)
+}
+
+#[inline(always)]
+pub(crate) fn hash_finish(hash: u64, len: usize) -> u64 {
+    // The length, then the well-mixed high bits moved down (the cache slot and the shard are
+    // taken from the low and the high bits); 0 marks an empty cache slot.
+    hash_step(hash, len).rotate_left(26).max(1)
 }
 
 const CACHE_SLOTS: usize = 256;
@@ -84,9 +101,14 @@ thread_local! {
 
 /// Returns the id of `addresses`, interning it on first sight; `None` when the tracer could not
 /// allocate room for a new stack.
-#[inline]
+#[cfg(test)]
 pub(crate) fn intern(addresses: &[usize]) -> Option<StackId> {
-    let hash = hash_stack(addresses);
+    intern_hashed(addresses, hash_stack(addresses))
+}
+
+/// [`intern`] with the stack's [`hash_stack`] already known.
+#[inline]
+pub(crate) fn intern_hashed(addresses: &[usize], hash: u64) -> Option<StackId> {
     let slot = (hash as usize) % CACHE_SLOTS;
     let cached = CACHE
         .try_with(|c| {
