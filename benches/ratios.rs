@@ -16,6 +16,27 @@ static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 mod common;
 use common::{iterations, median, mixed_workload, ns_per_op, pair};
 
+/// `System` plus a frame-pointer walk of the allocating stack and nothing else: no hashing, no
+/// table, no counter. What any exact tracer that walks the stack must pay at least, at the
+/// same depth as the traced pair, so the traced rows can be read against the machine's floor.
+struct WalkOnly;
+
+// SAFETY: forwards to `System` unchanged; the walk only reads this thread's stack.
+unsafe impl std::alloc::GlobalAlloc for WalkOnly {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut frames = [0usize; 48];
+        tracealloc::__private::capture_frame_pointers(&mut frames);
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc(layout) }
+    }
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
 struct Row {
     name: String,
     baseline_ns: Vec<f64>,
@@ -72,6 +93,10 @@ fn main() {
         .iter()
         .map(|s| Row::new(&format!("pair/{s}B sampled (512 KiB) / system")))
         .collect();
+    let mut floor_rows: Vec<Row> = sizes
+        .iter()
+        .map(|s| Row::new(&format!("pair/{s}B walk only (floor) / system")))
+        .collect();
     let mut mixed_row = Row::new("mixed traced / stopped");
     let mut mixed_sampled_row = Row::new("mixed sampled (512 KiB) / stopped");
     let layouts: Vec<Layout> = sizes
@@ -94,12 +119,14 @@ fn main() {
             tracealloc::stop();
             let stopped = ns_per_op(|| pair(&GLOBAL, layout), iters[i]);
             let system = ns_per_op(|| pair(&System, layout), iters[i]);
+            let floor = ns_per_op(|| pair(&WalkOnly, layout), iters[i]);
             tracealloc::start(16).unwrap();
             tracealloc::set_sampling(Some(tracealloc::DEFAULT_SAMPLE_MEAN)).unwrap();
             let sampled = ns_per_op(|| pair(&GLOBAL, layout), iters[i]);
             tracealloc::set_sampling(None).unwrap();
             tracealloc::stop();
             traced_rows[i].push(system, traced);
+            floor_rows[i].push(system, floor);
             stopped_rows[i].push(system, stopped);
             sampled_rows[i].push(system, sampled);
         }
@@ -138,6 +165,7 @@ fn main() {
     println!("|---|---|---|---|---|");
     for row in traced_rows
         .iter_mut()
+        .chain(floor_rows.iter_mut())
         .chain(stopped_rows.iter_mut())
         .chain(sampled_rows.iter_mut())
     {

@@ -43,18 +43,20 @@ pub(crate) fn since_start() -> Option<std::time::Duration> {
     (at != 0).then(|| std::time::Duration::from_nanos(now_nanos().saturating_sub(at)))
 }
 
+/// A block of `size` bytes recorded, in place of one of `old` bytes (0 unless a `realloc`) in
+/// one atomic operation: the old block was live until the new one existed, so the peak is the same as
+/// with a subtraction followed by an addition.
 #[inline]
-pub(crate) fn added(size: usize) {
-    let now = CURRENT.0.fetch_add(size, Relaxed).wrapping_add(size);
-    if now > PEAK.0.load(Relaxed) {
-        PEAK.0.fetch_max(now, Relaxed);
+pub(crate) fn replaced(old: usize, size: usize) {
+    if size >= old {
+        let grow = size - old;
+        let now = CURRENT.0.fetch_add(grow, Relaxed).wrapping_add(grow);
+        if now > PEAK.0.load(Relaxed) {
+            PEAK.0.fetch_max(now, Relaxed);
+        }
+    } else {
+        CURRENT.0.fetch_sub(old - size, Relaxed);
     }
-}
-
-/// A record put back after a failed `realloc`: live again, but not a new allocation.
-pub(crate) fn restored(size: usize) {
-    let now = CURRENT.0.fetch_add(size, Relaxed).wrapping_add(size);
-    PEAK.0.fetch_max(now, Relaxed);
 }
 
 #[inline]

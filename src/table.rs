@@ -280,6 +280,7 @@ pub(crate) fn insert(
     size: usize,
     stack: StackId,
     scope: u32,
+    credit: usize,
 ) -> Result<Option<Entry>, ()> {
     let (mut shard, h) = locate(address);
     let shard = &mut *shard;
@@ -318,7 +319,7 @@ pub(crate) fn insert(
     shard.allocated_bytes += weight.bytes;
     shard.allocated_blocks += weight.blocks;
     let Some(stale) = stale else {
-        counters::added(weight.bytes as usize);
+        counters::replaced(credit, weight.bytes as usize);
         return Ok(None);
     };
     // A record survived a free we did not see (a race with `stop`); the address is live
@@ -338,10 +339,12 @@ pub(crate) fn insert(
     if let Some(s) = shard.live.find_mut(h, |s| s.address == address) {
         *s = slot;
     }
-    counters::added(weight.bytes as usize);
+    counters::replaced(credit, weight.bytes as usize);
     Ok(Some(old))
 }
 
+/// Puts back the record of a block whose `realloc` failed, taken by
+/// [`remove`]`(address, false)`: `current` never saw it go.
 pub(crate) fn restore(entry: Entry) {
     let (mut shard, h) = locate(entry.address);
     if shard.live.try_reserve(1, rehash).is_ok() {
@@ -349,13 +352,15 @@ pub(crate) fn restore(entry: Entry) {
             shard.live.insert_unique(h, slot, rehash);
             let weight = sample::weight(entry.size);
             shard.release(entry.stack, weight, false);
-            counters::restored(weight.bytes as usize);
         }
     }
 }
 
+/// Removes the record of `address`. With `count` false, `current` is left to the caller: a
+/// `realloc` subtracts the old block in the same operation that adds the new one (see
+/// [`counters::replaced`]).
 #[inline(always)]
-pub(crate) fn remove(address: usize) -> Option<Entry> {
+pub(crate) fn remove(address: usize, count: bool) -> Option<Entry> {
     let (mut shard, h) = locate(address);
     let (slot, _) = shard
         .live
@@ -374,7 +379,9 @@ pub(crate) fn remove(address: usize) -> Option<Entry> {
     };
     let weight = sample::weight(entry.size);
     shard.release(entry.stack, weight, true);
-    counters::removed(weight.bytes as usize);
+    if count {
+        counters::removed(weight.bytes as usize);
+    }
     Some(entry)
 }
 
@@ -509,12 +516,12 @@ mod tests {
             let scope = ((x >> 8) % 3) as u32;
             match x % 4 {
                 0 | 1 => {
-                    let stale = insert(address, size, stack, scope).expect("room");
+                    let stale = insert(address, size, stack, scope, 0).expect("room");
                     let before = model.insert(address, (size, stack, scope));
                     assert_eq!(stale.map(|e| (e.size, e.stack, e.scope)), before);
                 }
                 2 => {
-                    let removed = remove(address).map(|e| (e.size, e.stack, e.scope));
+                    let removed = remove(address, true).map(|e| (e.size, e.stack, e.scope));
                     assert_eq!(removed, model.remove(&address));
                 }
                 _ => {

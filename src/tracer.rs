@@ -119,17 +119,23 @@ impl<A> Tracer<A> {
     /// allocation), and called in tail position so the untraced path saves no registers.
     #[inline(never)]
     fn traced(&self, ptr: *mut u8, size: usize) -> *mut u8 {
+        self.record_if_tracing(ptr, size, 0);
+        ptr
+    }
+
+    /// Records the block if tracing (and sampled, when sampling). `credit`: bytes of a block
+    /// this one replaces, already removed from the table but not from `current`. Returns
+    /// whether the credit was taken.
+    #[inline(always)]
+    fn record_if_tracing(&self, ptr: *mut u8, size: usize, credit: usize) -> bool {
         let mut status = STATUS.load(Relaxed);
         if status == UNINIT {
             status = self.first_use();
             if status == SAMPLED && !crate::sample::due(size) {
-                return ptr;
+                return false;
             }
         }
-        if status == ON || status == SAMPLED {
-            record(ptr as usize, size, status == SAMPLED);
-        }
-        ptr
+        (status == ON || status == SAMPLED) && record(ptr as usize, size, status == SAMPLED, credit)
     }
 
     /// The out-of-line part of `dealloc`, reached only while tracing.
@@ -141,7 +147,7 @@ impl<A> Tracer<A> {
     where
         A: GlobalAlloc,
     {
-        forget(ptr as usize);
+        forget(ptr as usize, true);
         // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
@@ -243,8 +249,10 @@ impl<A: GlobalAlloc> Tracer<A> {
         old_recorded: bool,
         record_new: bool,
     ) -> *mut u8 {
+        // The old record goes before the inner realloc (once it returns, the old address may
+        // be another thread's); its bytes leave `current` together with the new block's arrival.
         let old = if old_recorded {
-            forget(ptr as usize)
+            forget(ptr as usize, false)
         } else {
             None
         };
@@ -262,8 +270,10 @@ impl<A: GlobalAlloc> Tracer<A> {
             }
             return new;
         }
-        if record_new {
-            return self.traced(new, new_size);
+        let credit = old.map_or(0, |old| crate::sample::weight(old.size).bytes as usize);
+        let taken = record_new && self.record_if_tracing(new, new_size, credit);
+        if !taken && credit != 0 {
+            counters::removed(credit);
         }
         new
     }
@@ -271,13 +281,15 @@ impl<A: GlobalAlloc> Tracer<A> {
 
 /// Records a new live block. Not generic: compiled once, with tracealloc's own optimization
 /// level, and kept out of the callers' code.
+/// `credit`: see [`Tracer::record_if_tracing`]; returns whether it was taken (the block was
+/// recorded).
 #[inline(never)]
-fn record(address: usize, size: usize, sampled: bool) {
+fn record(address: usize, size: usize, sampled: bool, credit: usize) -> bool {
     let Some(_guard) = Guard::enter() else {
         // The tracer itself is allocating (table growth is not: it bypasses the global
         // allocator; this is symbolization, the unwinder fallback, snapshot assembly).
         REENTRANT.fetch_add(1, Relaxed);
-        return;
+        return false;
     };
     let mut buf = [MaybeUninit::<usize>::uninit(); MAX_CAPTURE];
     let cap = CAPTURE_CAP.load(Relaxed).min(MAX_CAPTURE);
@@ -287,9 +299,9 @@ fn record(address: usize, size: usize, sampled: bool) {
     let scope = scope::current_id();
     let Some(stack) = intern::intern_hashed(addresses, hash) else {
         counters::dropped();
-        return;
+        return false;
     };
-    match table::insert(address, size, stack, scope) {
+    match table::insert(address, size, stack, scope, credit) {
         Ok(stale) => {
             if sampled {
                 crate::sample::mark(address);
@@ -300,15 +312,20 @@ fn record(address: usize, size: usize, sampled: bool) {
             if scope != 0 {
                 scope::allocated(scope, stack, size);
             }
+            true
         }
-        Err(()) => counters::dropped(),
+        Err(()) => {
+            counters::dropped();
+            false
+        }
     }
 }
 
-/// Forgets a block about to be freed (or reallocated); returns its record.
+/// Forgets a block about to be freed (or reallocated); returns its record. With `count` false
+/// its bytes stay in `current` (see [`table::remove`]).
 #[inline(always)]
-fn forget(address: usize) -> Option<table::Entry> {
-    let entry = table::remove(address)?;
+fn forget(address: usize, count: bool) -> Option<table::Entry> {
+    let entry = table::remove(address, count)?;
     if crate::sample::mean() != 0 {
         crate::sample::unmark(address);
     }
