@@ -1,7 +1,8 @@
 //! The hot path, in criterion: alloc+free pairs through `System` directly and through the
 //! `Tracer` static directly (tracing every allocation, sampling with the default 512 KiB mean,
-//! and installed but stopped), the same on two threads at once, and a mixed workload traced,
-//! sampled and stopped. See benches/README.md for figures; `cargo bench --bench ratios` gives
+//! and installed but stopped, and `System` plus a bare frame-pointer walk: the floor), the same
+//! on two threads at once, a mixed workload traced, sampled and stopped, and a snapshot of
+//! 1,000,000 live blocks. See benches/README.md for figures; `cargo bench --bench ratios` gives
 //! interleaved ratios, which are what to quote on a noisy machine.
 
 // criterion_group! and criterion_main! generate undocumented public functions.
@@ -15,7 +16,7 @@ static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 
 #[allow(dead_code)]
 mod common;
-use common::{mixed_workload, pair};
+use common::{mixed_workload, pair, WalkOnly};
 
 fn pairs(c: &mut Criterion) {
     let mut group = c.benchmark_group("pair");
@@ -24,6 +25,10 @@ fn pairs(c: &mut Criterion) {
         let name = format!("{size}B");
         group.bench_function(BenchmarkId::new(&name, "system"), |b| {
             b.iter(|| pair(&System, layout))
+        });
+        // System plus a frame-pointer walk of the same stack: the floor of exact capture.
+        group.bench_function(BenchmarkId::new(&name, "walk-only"), |b| {
+            b.iter(|| pair(&WalkOnly, layout))
         });
         tracealloc::start(16).unwrap();
         group.bench_function(BenchmarkId::new(&name, "traced"), |b| {
@@ -81,5 +86,28 @@ fn mixed(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pairs, threads, mixed);
+#[inline(never)]
+#[allow(
+    clippy::vec_box,
+    reason = "one million separate heap blocks is the point"
+)]
+fn hold(n: usize) -> Vec<Box<[u8; 24]>> {
+    (0..n).map(|i| Box::new([i as u8; 24])).collect()
+}
+
+/// `take_snapshot` with 1,000,000 live blocks (symbolization warm after the first iteration).
+fn snapshot(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot");
+    group.sample_size(10);
+    tracealloc::start(16).unwrap();
+    tracealloc::clear_traces();
+    let held = hold(1_000_000);
+    group.bench_function("1M-blocks", |b| {
+        b.iter(|| tracealloc::take_snapshot().unwrap().traces().len())
+    });
+    drop(held);
+    group.finish();
+}
+
+criterion_group!(benches, pairs, threads, mixed, snapshot);
 criterion_main!(benches);

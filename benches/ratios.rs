@@ -14,28 +14,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 
 mod common;
-use common::{iterations, median, mixed_workload, ns_per_op, pair};
-
-/// `System` plus a frame-pointer walk of the allocating stack and nothing else: no hashing, no
-/// table, no counter. What any exact tracer that walks the stack must pay at least, at the
-/// same depth as the traced pair, so the traced rows can be read against the machine's floor.
-struct WalkOnly;
-
-// SAFETY: forwards to `System` unchanged; the walk only reads this thread's stack.
-unsafe impl std::alloc::GlobalAlloc for WalkOnly {
-    #[inline]
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let mut frames = [0usize; 48];
-        tracealloc::__private::capture_frame_pointers(&mut frames);
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc(layout) }
-    }
-    #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use common::{iterations, median, mixed_workload, ns_per_op, pair, WalkOnly};
 
 struct Row {
     name: String,

@@ -77,3 +77,24 @@ pub(crate) fn mixed_workload() -> usize {
     keys.sort();
     black_box(keys.len())
 }
+
+/// `System` plus a frame-pointer walk of the allocating stack and nothing else: no hashing, no
+/// table, no counter. What any exact tracer that walks the stack must pay at least, at the
+/// same depth as the traced pair, so the traced rows can be read against the machine's floor.
+pub(crate) struct WalkOnly;
+
+// SAFETY: forwards to `System` unchanged; the walk only reads this thread's stack.
+unsafe impl GlobalAlloc for WalkOnly {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut frames = [0usize; 48];
+        tracealloc::__private::capture_frame_pointers(&mut frames);
+        // SAFETY: forwarded contract.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
