@@ -16,7 +16,7 @@ static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 
 #[allow(dead_code)]
 mod common;
-use common::{mixed_workload, pair, WalkOnly};
+use common::{hold, mixed_workload, pair, WalkOnly};
 
 fn pairs(c: &mut Criterion) {
     let mut group = c.benchmark_group("pair");
@@ -84,15 +84,6 @@ fn mixed(c: &mut Criterion) {
     group.bench_function("stopped", |b| b.iter(mixed_workload));
     tracealloc::start(16).unwrap();
     group.finish();
-}
-
-#[inline(never)]
-#[allow(
-    clippy::vec_box,
-    reason = "one million separate heap blocks is the point"
-)]
-fn hold(n: usize) -> Vec<Box<[u8; 24]>> {
-    (0..n).map(|i| Box::new([i as u8; 24])).collect()
 }
 
 /// `take_snapshot` with 1,000,000 live blocks (symbolization warm after the first iteration).

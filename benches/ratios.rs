@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
 
 mod common;
-use common::{iterations, median, mixed_workload, ns_per_op, pair, WalkOnly};
+use common::{hold, iterations, median, mixed_workload, ns_per_op, pair, WalkOnly};
 
 struct Row {
     name: String,
@@ -205,15 +205,6 @@ fn scaling(rounds: usize, f: impl Fn() + Sync) -> (f64, f64, f64) {
         ratios.push(double / single);
     }
     (median(&mut one), median(&mut two), median(&mut ratios))
-}
-
-#[inline(never)]
-#[allow(
-    clippy::vec_box,
-    reason = "one million separate heap blocks is the point"
-)]
-fn hold(n: usize) -> Vec<Box<[u8; 24]>> {
-    (0..n).map(|i| Box::new([i as u8; 24])).collect()
 }
 
 fn snapshot_of_a_million_blocks() {

@@ -98,3 +98,13 @@ unsafe impl GlobalAlloc for WalkOnly {
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
 }
+
+/// `n` live heap blocks of 24 bytes, each its own allocation.
+#[inline(never)]
+#[allow(
+    clippy::vec_box,
+    reason = "one million separate heap blocks is the point"
+)]
+pub(crate) fn hold(n: usize) -> Vec<Box<[u8; 24]>> {
+    (0..n).map(|i| Box::new([i as u8; 24])).collect()
+}
