@@ -60,22 +60,16 @@ fn main() {
         return;
     };
     let sizes = [16usize, 64, 4096];
-    let mut traced_rows: Vec<Row> = sizes
-        .iter()
-        .map(|s| Row::new(&format!("pair/{s}B traced / system")))
-        .collect();
-    let mut stopped_rows: Vec<Row> = sizes
-        .iter()
-        .map(|s| Row::new(&format!("pair/{s}B stopped / system")))
-        .collect();
-    let mut sampled_rows: Vec<Row> = sizes
-        .iter()
-        .map(|s| Row::new(&format!("pair/{s}B sampled (512 KiB) / system")))
-        .collect();
-    let mut floor_rows: Vec<Row> = sizes
-        .iter()
-        .map(|s| Row::new(&format!("pair/{s}B walk only (floor) / system")))
-        .collect();
+    let rows = |what: &str| -> Vec<Row> {
+        sizes
+            .iter()
+            .map(|s| Row::new(&format!("pair/{s}B {what} / system")))
+            .collect()
+    };
+    let mut traced_rows = rows("traced");
+    let mut stopped_rows = rows("stopped");
+    let mut sampled_rows = rows("sampled (512 KiB)");
+    let mut floor_rows = rows("walk only (floor)");
     let mut mixed_row = Row::new("mixed traced / stopped");
     let mut mixed_sampled_row = Row::new("mixed sampled (512 KiB) / stopped");
     let layouts: Vec<Layout> = sizes

@@ -1,9 +1,10 @@
 //! Process-wide counters: current and peak traced bytes, blocks dropped. (Totals of bytes and
 //! blocks allocated are kept per shard in `table.rs`, under the shard lock, at no atomic cost.)
 //!
-//! `current` is changed only while the shard lock of the block concerned is held (see
-//! `table.rs`), so a block's addition always precedes its subtraction and `current` never
-//! wraps. The peak is raised with `fetch_max` right after each addition that exceeds it, so it is
+//! A block's bytes are added to `current` while the shard lock of its record is held, and
+//! subtracted once its record is gone from the table (under the lock on a free; on a `realloc`,
+//! together with the new block's addition, or on their own if the new block is not recorded),
+//! so a block's addition always precedes its subtraction and `current` never wraps. The peak is raised with `fetch_max` right after each addition that exceeds it, so it is
 //! the exact maximum of `current` over its modification order: the largest number of traced
 //! bytes ever live at once.
 

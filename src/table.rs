@@ -291,30 +291,22 @@ pub(crate) fn insert(
     }
     let weight = sample::weight(size);
     let stale = match shard.live.entry(h, |s| s.address == address, rehash) {
-        hashbrown::hash_table::Entry::Vacant(vacant) => {
-            let slot = if size >= BIG as usize || scope != 0 {
-                // Side parts: the shard itself must be borrowed, so look the bucket up again
-                // (rare: blocks of 4 GiB or more, and blocks made inside a measurement scope).
-                None
-            } else {
-                Some(Slot {
-                    address,
-                    size: size as u32,
-                    stack,
-                })
-            };
-            match slot {
-                Some(slot) => {
-                    vacant.insert(slot);
-                }
-                None => {
-                    let slot = shard.pack(address, size, stack, scope, h)?;
-                    shard.live.insert_unique(h, slot, rehash);
-                }
-            }
+        hashbrown::hash_table::Entry::Occupied(occupied) => Some(*occupied.get()),
+        hashbrown::hash_table::Entry::Vacant(vacant) if size < BIG as usize && scope == 0 => {
+            vacant.insert(Slot {
+                address,
+                size: size as u32,
+                stack,
+            });
             None
         }
-        hashbrown::hash_table::Entry::Occupied(occupied) => Some(*occupied.get()),
+        hashbrown::hash_table::Entry::Vacant(_) => {
+            // Side parts (blocks of 4 GiB or more, blocks made inside a measurement scope):
+            // `pack` needs the whole shard, so the bucket is looked up again.
+            let slot = shard.pack(address, size, stack, scope, h)?;
+            shard.live.insert_unique(h, slot, rehash);
+            None
+        }
     };
     shard.allocated_bytes += weight.bytes;
     shard.allocated_blocks += weight.blocks;
@@ -356,11 +348,11 @@ pub(crate) fn restore(entry: Entry) {
     }
 }
 
-/// Removes the record of `address`. With `count` false, `current` is left to the caller: a
-/// `realloc` subtracts the old block in the same operation that adds the new one (see
-/// [`counters::replaced`]).
+/// Removes the record of `address`; returns it with the bytes it counted for in `current`.
+/// With `count` false, `current` is left to the caller: a `realloc` subtracts the old block in
+/// the same operation that adds the new one (see [`counters::replaced`]).
 #[inline(always)]
-pub(crate) fn remove(address: usize, count: bool) -> Option<Entry> {
+pub(crate) fn remove(address: usize, count: bool) -> Option<(Entry, usize)> {
     let (mut shard, h) = locate(address);
     let (slot, _) = shard
         .live
@@ -382,7 +374,7 @@ pub(crate) fn remove(address: usize, count: bool) -> Option<Entry> {
     if count {
         counters::removed(weight.bytes as usize);
     }
-    Some(entry)
+    Some((entry, weight.bytes as usize))
 }
 
 pub(crate) fn get(address: usize) -> Option<Entry> {
@@ -392,38 +384,48 @@ pub(crate) fn get(address: usize) -> Option<Entry> {
 }
 
 /// Appends every live record to `out`, one shard at a time (no lock is held longer than one
-/// shard's copy). `out` grows only while no lock is held: growing it frees its old buffer,
-/// and a free takes a shard lock (possibly the same one).
+/// shard's copy).
 pub(crate) fn copy_into(out: &mut Vec<Entry>) {
-    for shard in &SHARDS_TABLE {
-        loop {
-            let len = lock(shard).live.len();
-            // Room for what the shard holds now, and some growth before we lock it again.
-            out.reserve(len + len / 8 + 16);
-            let shard = lock(shard);
-            if shard.live.len() <= out.capacity() - out.len() {
-                out.extend(
-                    shard
-                        .live
-                        .iter()
-                        .map(|slot| shard.unpack(slot, address_hash(slot.address))),
-                );
-                break;
-            }
-        }
-    }
+    copy_from_shards(
+        out,
+        |shard| shard.live.len(),
+        |shard, out| {
+            out.extend(
+                shard
+                    .live
+                    .iter()
+                    .map(|slot| shard.unpack(slot, address_hash(slot.address))),
+            )
+        },
+    );
 }
 
 /// Appends every shard's released totals (one record per stack and shard; the caller adds
 /// them up by stack).
 pub(crate) fn copy_released_into(out: &mut Vec<Released>) {
+    copy_from_shards(
+        out,
+        |shard| shard.released.len(),
+        |shard, out| out.extend(shard.released.iter().copied()),
+    );
+}
+
+/// Appends `copy(shard)` of every shard to `out`, one shard lock at a time. `out` grows only
+/// while no lock is held: growing it frees its old buffer, and a free takes a shard lock
+/// (possibly the same one). `len` is how many items `copy` appends.
+fn copy_from_shards<T>(
+    out: &mut Vec<T>,
+    len: impl Fn(&Shard) -> usize,
+    copy: impl Fn(&Shard, &mut Vec<T>),
+) {
     for shard in &SHARDS_TABLE {
         loop {
-            let len = lock(shard).released.len();
-            out.reserve(len + len / 8 + 16);
+            let n = len(&lock(shard));
+            // Room for what the shard holds now, and some growth before we lock it again.
+            out.reserve(n + n / 8 + 16);
             let shard = lock(shard);
-            if shard.released.len() <= out.capacity() - out.len() {
-                out.extend(shard.released.iter().copied());
+            if len(&shard) <= out.capacity() - out.len() {
+                copy(&shard, out);
                 break;
             }
         }
@@ -521,7 +523,7 @@ mod tests {
                     assert_eq!(stale.map(|e| (e.size, e.stack, e.scope)), before);
                 }
                 2 => {
-                    let removed = remove(address, true).map(|e| (e.size, e.stack, e.scope));
+                    let removed = remove(address, true).map(|(e, _)| (e.size, e.stack, e.scope));
                     assert_eq!(removed, model.remove(&address));
                 }
                 _ => {

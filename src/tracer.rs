@@ -259,7 +259,7 @@ impl<A: GlobalAlloc> Tracer<A> {
         // SAFETY: the caller upholds `realloc`'s contract for `ptr`, `layout` and `new_size`.
         let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
         if new.is_null() {
-            if let Some(old) = old {
+            if let Some((old, _)) = old {
                 table::restore(old);
                 if STATUS.load(Relaxed) == SAMPLED {
                     crate::sample::mark(old.address);
@@ -270,7 +270,7 @@ impl<A: GlobalAlloc> Tracer<A> {
             }
             return new;
         }
-        let credit = old.map_or(0, |old| crate::sample::weight(old.size).bytes as usize);
+        let credit = old.map_or(0, |(_, weight)| weight);
         let taken = record_new && self.record_if_tracing(new, new_size, credit);
         if !taken && credit != 0 {
             counters::removed(credit);
@@ -324,15 +324,15 @@ fn record(address: usize, size: usize, sampled: bool, credit: usize) -> bool {
 /// Forgets a block about to be freed (or reallocated); returns its record. With `count` false
 /// its bytes stay in `current` (see [`table::remove`]).
 #[inline(always)]
-fn forget(address: usize, count: bool) -> Option<table::Entry> {
-    let entry = table::remove(address, count)?;
+fn forget(address: usize, count: bool) -> Option<(table::Entry, usize)> {
+    let (entry, weight) = table::remove(address, count)?;
     if crate::sample::mean() != 0 {
         crate::sample::unmark(address);
     }
     if entry.scope != 0 {
         scope::freed(&entry);
     }
-    Some(entry)
+    Some((entry, weight))
 }
 
 pub(crate) fn is_installed() -> bool {

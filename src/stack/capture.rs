@@ -70,30 +70,27 @@ pub(crate) fn mode() -> CaptureMode {
 /// allocate).
 #[inline]
 pub(crate) fn capture(buf: &mut [MaybeUninit<usize>]) -> usize {
-    capture_mode_dispatch(buf)
-}
-
-/// [`capture`], also returning the stack's [`hash_stack`](super::intern::hash_stack) (computed
-/// during the walk in frame-pointer mode).
-#[inline]
-pub(crate) fn capture_hashed(buf: &mut [MaybeUninit<usize>]) -> (usize, u64) {
-    if MODE.load(Ordering::Relaxed) == FRAME_POINTERS {
-        return fp_walk_hashed(buf);
-    }
-    let n = capture_mode_dispatch(buf);
-    // SAFETY: the capture initialized the first `n` slots.
-    let addresses = unsafe { &*(&buf[..n] as *const [MaybeUninit<usize>] as *const [usize]) };
-    (n, super::intern::hash_stack(addresses))
-}
-
-#[inline(always)]
-fn capture_mode_dispatch(buf: &mut [MaybeUninit<usize>]) -> usize {
     match MODE.load(Ordering::Relaxed) {
         FRAME_POINTERS => fp_walk(buf),
         UNWIND_TABLES => tables(buf),
         BACKTRACE => unwind(buf),
         _ => calibrate(buf),
     }
+}
+
+/// [`capture`], also returning the stack's [`hash_stack`](super::intern::hash_stack) (computed
+/// during the walk in frame-pointer mode).
+#[inline]
+pub(crate) fn capture_hashed(buf: &mut [MaybeUninit<usize>]) -> (usize, u64) {
+    let n = match MODE.load(Ordering::Relaxed) {
+        FRAME_POINTERS => return fp_walk_hashed(buf),
+        UNWIND_TABLES => tables(buf),
+        BACKTRACE => unwind(buf),
+        _ => calibrate(buf),
+    };
+    // SAFETY: the capture initialized the first `n` slots.
+    let addresses = unsafe { &*(&buf[..n] as *const [MaybeUninit<usize>] as *const [usize]) };
+    (n, super::intern::hash_stack(addresses))
 }
 
 /// Captures with the unwind-rule cache; a stack it cannot finish ends with [`CUT_SHORT`].
