@@ -4,6 +4,9 @@
 //! - `TRACEALLOC_REPORT=N`: at exit, print the top N lines, current and peak traced memory and
 //!   the process's peak resident memory to stderr.
 //! - `TRACEALLOC_DUMP=path`: at exit, write a snapshot to `path` (see `Snapshot::load`).
+//! - `TRACEALLOC_ATTRIBUTION=innermost`: attribute traces to their innermost frame outside the
+//!   allocator and std, dependencies included, instead of the program's own line (`own`, the
+//!   default); see `Attribution`.
 //!
 //! The exit work runs from an `atexit` handler: after `main` returns and on
 //! `std::process::exit`, not on `abort`, a fatal signal or `SIGKILL`. Reading happens inside
@@ -18,6 +21,18 @@ use std::sync::Mutex;
 static REPORT_LINES: AtomicUsize = AtomicUsize::new(0);
 static DUMP_PATH: Mutex<([u8; 4096], usize)> = Mutex::new(([0; 4096], 0));
 static REGISTERED: AtomicBool = AtomicBool::new(false);
+/// `TRACEALLOC_ATTRIBUTION=innermost` was given.
+static INNERMOST: AtomicBool = AtomicBool::new(false);
+
+/// The attribution the environment asks for (the default, `OwnCode`, unless
+/// `TRACEALLOC_ATTRIBUTION=innermost`).
+pub(crate) fn attribution() -> crate::Attribution {
+    if INNERMOST.load(Relaxed) {
+        crate::Attribution::Innermost
+    } else {
+        crate::Attribution::OwnCode
+    }
+}
 
 fn var(name: &CStr) -> Option<&'static [u8]> {
     // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string that
@@ -48,6 +63,13 @@ pub(crate) fn read_at_startup() -> Option<usize> {
             _ => say(
                 "tracealloc: ignoring TRACEALLOC_REPORT: expected a number of lines (1 or more)\n",
             ),
+        }
+    }
+    if let Some(value) = var(c"TRACEALLOC_ATTRIBUTION") {
+        match value {
+            b"own" => INNERMOST.store(false, Relaxed),
+            b"innermost" => INNERMOST.store(true, Relaxed),
+            _ => say("tracealloc: ignoring TRACEALLOC_ATTRIBUTION: expected own or innermost\n"),
         }
     }
     if let Some(value) = var(c"TRACEALLOC_DUMP") {

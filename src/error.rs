@@ -3,7 +3,9 @@
 use std::fmt;
 
 /// What went wrong.
-#[derive(Debug)]
+///
+/// `Debug` prints the same message as `Display`, so `fn main() -> Result<(), Error>` tells the
+/// user what to do rather than a variant name.
 #[non_exhaustive]
 pub enum Error {
     /// `tracealloc::Tracer` is not this program's global allocator, so nothing is recorded.
@@ -65,6 +67,11 @@ pub enum Error {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// An attribution name other than `own` and `innermost`.
+    InvalidAttribution {
+        /// The name as given.
+        given: String,
+    },
     /// A snapshot file is damaged, truncated, or not a snapshot file.
     Corrupt {
         /// Byte offset in the file where the problem was found.
@@ -118,6 +125,11 @@ impl fmt::Display for Error {
                  tracealloc::set_sampling(None) first",
                 crate::format_size(*mean as f64, false)
             ),
+            Error::InvalidAttribution { given } => write!(
+                f,
+                "invalid attribution {given:?}: expected \"own\" (the program's own line) or \
+                 \"innermost\" (the innermost frame outside std, dependencies included)"
+            ),
             Error::Empty { what } => write!(f, "nothing to show: {what}"),
             Error::Output { format, reason } => write!(f, "could not write the {format}: {reason}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
@@ -125,6 +137,13 @@ impl fmt::Display for Error {
                 write!(f, "not a valid snapshot file: {problem} (at byte {offset})")
             }
         }
+    }
+}
+
+/// The message, as `Display` prints it (see the type's documentation).
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

@@ -105,7 +105,8 @@ pub use error::Error;
 pub use format::format_size;
 pub use sample::DEFAULT_SAMPLE_MEAN;
 pub use snapshot::{
-    Filter, Frame, GroupBy, Metric, Report, Snapshot, Statistic, StatisticDiff, Trace, Traceback,
+    Attribution, Filter, Frame, GroupBy, Metric, Report, Snapshot, Statistic, StatisticDiff, Trace,
+    Traceback,
 };
 pub use stack::CaptureMode;
 #[doc(hidden)]

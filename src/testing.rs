@@ -7,7 +7,7 @@ use crate::format::format_size;
 use crate::guard::Guard;
 use crate::scope;
 use crate::snapshot::{self, Frame, Traceback};
-use crate::stack::symbolize;
+use crate::stack::origin;
 use crate::stack::StackId;
 use crate::tracer;
 use std::collections::HashMap;
@@ -200,7 +200,7 @@ fn callers(traceback: &Traceback) -> impl Iterator<Item = &Frame> {
         .frames()
         .iter()
         .skip(1)
-        .filter(|f| symbolize::is_user_frame(f))
+        .filter(|f| origin::of_frame(f) == origin::Kind::Own)
         .take(2)
 }
 

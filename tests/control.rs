@@ -140,8 +140,23 @@ fn module_functions_behave_as_tracemalloc() {
         .take_while(|f| is_fn(f, "nest"))
         .count();
     assert!((8..=9).contains(&nests), "{functions:?}");
+    // The test's frames and std's start-up frames below them take no room in the limit:
+    // allocate, 8 or 9 nests, the test function and its closure.
+    let shown = stat.traceback.frames().len();
+    assert!((11..=14).contains(&shown), "{functions:?}");
+    assert_eq!(stat.traceback.total_nframe(), shown);
+    assert!(!stat.traceback.is_truncated());
+    // 30 levels: the limit cuts, and the traceback says so.
+    let deeper = nest(30);
+    let snapshot = tracealloc::take_snapshot().unwrap();
+    let stat = snapshot
+        .traces()
+        .iter()
+        .find(|t| t.size == 4096 && t.traceback.total_nframe() > 30)
+        .expect("a traceback 30 levels deep");
     assert_eq!(stat.traceback.frames().len(), 16);
-    assert!(stat.traceback.total_nframe() > 16);
+    assert!(stat.traceback.is_truncated());
+    drop(deeper);
 
     // start(n) while tracing applies n to later allocations.
     tracealloc::start(4).unwrap();

@@ -12,7 +12,7 @@ pub use filter::Filter;
 pub use output::Metric;
 pub(crate) use persist::write_atomically;
 pub use statistics::{GroupBy, Report, Statistic};
-pub use traceback::{Frame, Traceback};
+pub use traceback::{Attribution, Frame, Traceback};
 
 use crate::stack::capture;
 use crate::stack::symbolize::{self, SymFrame};
@@ -267,6 +267,7 @@ impl Snapshot {
 
 /// Copies the trace table and symbolizes it. Call with the reentrancy guard held.
 pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
+    let attribution = crate::environment::attribution();
     let mut entries = Vec::new();
     table::copy_into(&mut entries);
     let mut released_parts = Vec::new();
@@ -311,13 +312,13 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
             .filter_map(|ip| symbols.get(ip))
             .flat_map(|frames: &Arc<[SymFrame]>| frames.iter())
             .collect();
-        let owned: Vec<SymFrame> = expanded.into_iter().cloned().collect();
-        let site = symbolize::call_site(&owned);
-        if owned.get(site).is_some_and(|f| !f.has_line) {
+        let kinds: Vec<_> = expanded.iter().map(|f| f.kind).collect();
+        let frames: Vec<Frame> = expanded.iter().map(|f| f.frame.clone()).collect();
+        let site = symbolize::call_site(&frames, &kinds, attribution);
+        if expanded.get(site).is_some_and(|f| !f.has_line) {
             call_sites_without_lines += 1;
         }
         let truncated = cut_short || addresses.len() >= capture_cap;
-        let frames = owned.into_iter().map(|f| f.frame).collect();
         tracebacks.insert(id, Traceback::new(frames, site, traceback_limit, truncated));
     }
 
@@ -379,12 +380,9 @@ pub(crate) fn traceback_of(id: StackId, traceback_limit: usize, capture_cap: usi
         .filter_map(|ip| symbols.get(ip))
         .flat_map(|f| f.iter().cloned())
         .collect();
-    let site = symbolize::call_site(&frames);
+    let kinds: Vec<_> = frames.iter().map(|f| f.kind).collect();
+    let frames: Vec<Frame> = frames.into_iter().map(|f| f.frame).collect();
+    let site = symbolize::call_site(&frames, &kinds, crate::environment::attribution());
     let truncated = cut_short || addresses.len() >= capture_cap;
-    Traceback::new(
-        frames.into_iter().map(|f| f.frame).collect(),
-        site,
-        traceback_limit,
-        truncated,
-    )
+    Traceback::new(frames, site, traceback_limit, truncated)
 }

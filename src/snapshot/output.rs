@@ -51,15 +51,12 @@ struct Shown {
 /// `__libc_start_call_main`, `start_thread`, `clone`), so pictures start at the program's
 /// `main` or its thread's closure. A stack made only of such frames keeps its call site.
 fn shown_frames(traceback: &Traceback) -> Vec<Frame> {
-    use crate::stack::symbolize::{classify, Kind};
+    use crate::stack::origin::{of_frame, Kind};
     let frames = traceback.frames();
     let scaffolding = frames
         .iter()
         .rev()
-        .take_while(|f| {
-            let path = (&*f.path != "<unknown>").then_some(&*f.path);
-            matches!(classify(&f.function, path), Kind::Toolchain | Kind::Runtime)
-        })
+        .take_while(|f| matches!(of_frame(f), Kind::Toolchain | Kind::Runtime))
         .count();
     frames[..(frames.len() - scaffolding).max(1)].to_vec()
 }

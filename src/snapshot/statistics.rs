@@ -17,6 +17,12 @@ pub enum GroupBy {
     Function,
     /// By whole traceback, up to the traceback limit (tracemalloc's `'traceback'`).
     Traceback,
+    /// By the crate whose code made the allocation, with its version when the source path
+    /// tells it (`serde_json 1.0.154`): the innermost frame that is neither the toolchain's
+    /// nor tracealloc's, so a dependency's allocations count for the dependency even when the
+    /// program's own line called it; `std`, `alloc`, ... for the toolchain's own allocations.
+    /// Answers *which dependency holds my memory*.
+    Crate,
 }
 
 /// Bytes and blocks of one group.
@@ -88,6 +94,7 @@ pub(crate) fn write_key(
     let frame = traceback.call_site();
     match group_by {
         GroupBy::Function => write!(f, "{} ({})", frame.function, frame.filename),
+        GroupBy::Crate => f.write_str(&frame.filename),
         _ => write!(f, "{frame}"),
     }
 }
@@ -97,6 +104,7 @@ impl GroupBy {
     pub(crate) fn key(self, traceback: &Traceback) -> Traceback {
         match self {
             GroupBy::Traceback => traceback.clone(),
+            GroupBy::Crate => crate_key(traceback.crate_name()),
             _ => self.key_of_frame(traceback.call_site()),
         }
     }
@@ -104,6 +112,16 @@ impl GroupBy {
     /// The one-frame key of `frame` (for `Line`, `File` and `Function`).
     pub(crate) fn key_of_frame(self, frame: &Frame) -> Traceback {
         let key = match self {
+            GroupBy::Crate => {
+                use crate::stack::origin::{crate_of, of_frame};
+                return crate_key(crate_of(frame, of_frame(frame)).to_string());
+            }
+            // Without a line, the function names the site (a build without debug info).
+            GroupBy::Line | GroupBy::Traceback if frame.lineno == 0 => Frame {
+                lineno: 0,
+                inlined: false,
+                ..frame.clone()
+            },
             GroupBy::Line | GroupBy::Traceback => Frame {
                 function: "".into(),
                 inlined: false,
@@ -123,6 +141,11 @@ impl GroupBy {
         };
         Traceback::from_frames(vec![key])
     }
+}
+
+/// The one-frame key of a crate group: the crate's name in the frame's file.
+fn crate_key(name: String) -> Traceback {
+    Traceback::from_frames(vec![Frame::new(name, 0, String::new())])
 }
 
 /// Statistics being summed, keyed by the frames they show: two stacks that differ only in

@@ -55,10 +55,48 @@ impl Frame {
     }
 }
 
-/// `filename:lineno`, as tracemalloc.
+/// `filename:lineno`, as tracemalloc; a frame without line information (a build without
+/// debug info) prints its function instead, `app::build_index`.
 impl fmt::Display for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lineno == 0
+            && &*self.filename == "<unknown>"
+            && !self.function.is_empty()
+            && &*self.function != "<unknown>"
+        {
+            return f.write_str(&self.function);
+        }
         write!(f, "{}:{}", self.filename, self.lineno)
+    }
+}
+
+/// Which frame a trace is attributed to (see [`Snapshot::with_attribution`](crate::Snapshot::with_attribution)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Attribution {
+    /// The innermost frame of the program's own crates (workspace members, path
+    /// dependencies), past the allocator, the standard library and every dependency; a trace
+    /// with no frame of the program's own (a thread a pool started) keeps its innermost
+    /// dependency frame. The default.
+    #[default]
+    OwnCode,
+    /// The innermost frame that is not the allocator's or the standard library's, whatever
+    /// crate it is in: for authors profiling their own library from a dependent program.
+    Innermost,
+}
+
+impl std::str::FromStr for Attribution {
+    type Err = crate::Error;
+
+    /// `own` or `innermost` (the names `TRACEALLOC_ATTRIBUTION` and the CLI take).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "own" => Ok(Attribution::OwnCode),
+            "innermost" => Ok(Attribution::Innermost),
+            other => Err(crate::Error::InvalidAttribution {
+                given: other.to_owned(),
+            }),
+        }
     }
 }
 
@@ -72,10 +110,23 @@ struct Data {
     limit: usize,
     /// End of the frames kept by the traceback limit.
     end: usize,
-    /// Frames from the call site to the outermost captured one.
+    /// Frames from the call site to the program's `main` (or its thread's closure), without
+    /// the runtime's start-up frames below it.
     total_nframe: usize,
     /// The raw capture hit its cap: outer frames are missing.
     truncated: bool,
+}
+
+/// How many frames at the outer end of `frames` are runtime scaffolding: std's `lang_start`,
+/// `__rust_begin_short_backtrace` and thread-spawn closures, the C `main`, `_start`,
+/// `start_thread`, `clone`.
+fn scaffolding(frames: &[Frame]) -> usize {
+    use crate::stack::origin::{of_frame, Kind};
+    frames
+        .iter()
+        .rev()
+        .take_while(|f| matches!(of_frame(f), Kind::Toolchain | Kind::Runtime))
+        .count()
 }
 
 /// A stack, most recent call first: `frames()[0]` is the call site, the innermost frame in the
@@ -92,7 +143,9 @@ impl Traceback {
         }
         let call_site = call_site.min(all.len() - 1);
         let limit = limit.max(1);
-        let total_nframe = all.len() - call_site;
+        // Start-up frames below `main` take no room in the limit; a stack made only of them
+        // keeps its call site.
+        let total_nframe = (all.len() - call_site - scaffolding(&all[call_site..])).max(1);
         let end = call_site + total_nframe.min(limit);
         Traceback(Arc::new(Data {
             all,
@@ -102,6 +155,13 @@ impl Traceback {
             total_nframe,
             truncated,
         }))
+    }
+
+    /// The same stack with its call site chosen by `attribution`.
+    pub(crate) fn attributed(&self, attribution: Attribution) -> Traceback {
+        let d = &self.0;
+        let site = crate::stack::symbolize::call_site_of(&d.all, attribution);
+        Traceback::new(d.all.clone(), site, d.limit, d.truncated)
     }
 
     /// The same stack with the call site moved `outward` frames towards the root (at most to
@@ -143,15 +203,46 @@ impl Traceback {
         &self.0.all[..self.0.call_site]
     }
 
-    /// How many frames the stack had from the call site outward, before the traceback limit
-    /// was applied (a lower bound when [`is_truncated`](Self::is_truncated)).
+    /// How many frames the stack had from the call site outward to the program's `main` (or
+    /// its thread's entry), before the traceback limit was applied (a lower bound when the
+    /// capture itself was cut short).
     pub fn total_nframe(&self) -> usize {
         self.0.total_nframe
     }
 
-    /// Whether the capture stopped before the outermost frame.
+    /// Whether frames were cut: by the traceback limit ([`frames`](Self::frames) is shorter
+    /// than [`total_nframe`](Self::total_nframe)) or because the raw capture stopped before
+    /// the outermost frame.
     pub fn is_truncated(&self) -> bool {
-        self.0.truncated
+        self.0.truncated || self.0.end - self.0.call_site < self.0.total_nframe
+    }
+
+    /// The dependency code between the call site and the allocator, when there is any: the
+    /// outermost frame of a dependency inside the call (`serde_json::de::from_str` for a
+    /// `serde_json::from_str(…)` line), with its crate (`serde_json 1.0.154`).
+    pub fn via(&self) -> Option<(&Frame, String)> {
+        use crate::stack::origin::{crate_of, of_frame, Kind};
+        self.machinery().iter().rev().find_map(|f| {
+            let kind = of_frame(f);
+            (kind == Kind::Dependency).then(|| (f, crate_of(f, kind).to_string()))
+        })
+    }
+
+    /// The crate whose code made the allocation: the innermost frame that is neither the
+    /// toolchain's nor tracealloc's (`serde_json 1.0.154`, `app`), or `std` (`alloc`, ...) for
+    /// the toolchain's own allocations.
+    pub fn crate_name(&self) -> String {
+        use crate::stack::origin::{crate_of, of_frame, Kind};
+        let all = &self.0.all;
+        let kinds: Vec<Kind> = all.iter().map(of_frame).collect();
+        let site = self.0.call_site;
+        // The call site is the program's when a dependency is inside it: the innermost of the
+        // two is the crate that allocated.
+        let chosen = kinds[..=site]
+            .iter()
+            .position(|k| matches!(k, Kind::Own | Kind::Dependency))
+            .unwrap_or(site);
+        crate_of(&all[chosen], kinds[chosen]).to_string()
     }
 
     /// tracemalloc's `Traceback.format`: two lines a frame, `  File "f", line n, in function`
@@ -175,7 +266,7 @@ impl Traceback {
                 "  File \"{}\", line {}, in {}",
                 frame.filename, frame.lineno, frame.function
             ));
-            if let Some(source) = source_line(&frame.filename, frame.lineno) {
+            if let Some(source) = source_line(frame) {
                 lines.push(format!("    {source}"));
             }
         }
@@ -191,11 +282,15 @@ impl fmt::Display for Traceback {
     }
 }
 
-fn source_line(filename: &str, lineno: u32) -> Option<String> {
-    if lineno == 0 || filename.starts_with('<') {
+/// The source text of a frame's line, read from its full path (or its shown name).
+pub(crate) fn source_line(frame: &Frame) -> Option<String> {
+    let lineno = frame.lineno;
+    if lineno == 0 || frame.path.starts_with('<') {
         return None;
     }
-    let text = std::fs::read_to_string(filename).ok()?;
+    let text = std::fs::read_to_string(&*frame.path)
+        .or_else(|_| std::fs::read_to_string(&*frame.filename))
+        .ok()?;
     let line = text.lines().nth(lineno as usize - 1)?.trim();
     (!line.is_empty()).then(|| line.to_owned())
 }

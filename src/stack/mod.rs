@@ -4,6 +4,7 @@ pub(crate) mod capture;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(crate) mod cfi;
 pub(crate) mod intern;
+pub(crate) mod origin;
 pub(crate) mod symbolize;
 
 pub use capture::CaptureMode;

@@ -4,32 +4,12 @@
 //! so the line is the call's line, not the next one. An address inside inlined code expands
 //! into several frames, innermost first.
 
-use crate::snapshot::Frame;
+use crate::snapshot::{Attribution, Frame};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// What a frame is, for choosing the call site.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// The program's own code or a dependency's: a candidate call site.
-    User,
-    /// The Rust toolchain's library sources (std, alloc, core and std's private deps).
-    Toolchain,
-    /// Compiler-generated allocator shims (`__rust_alloc`, `__rg_alloc`, ...). They resolve to
-    /// the line of the user's `#[global_allocator]` static, so they are told apart by name.
-    Shim,
-    /// `Tracer`'s `GlobalAlloc` methods: where the allocator machinery begins.
-    TracerEntry,
-    /// tracealloc's own code, and the unwinder's.
-    Internal,
-    /// The C runtime around the program: the compiler-made `main` (no line information),
-    /// `__libc_start_call_main`, `_start`, `start_thread`, `clone`.
-    Runtime,
-}
-
-/// tracealloc's sources, as they appear in its own debug information. Inlined frames carry
-/// short names (`record`, `capture`), so the path is what identifies them.
-const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+pub(crate) use super::origin::Kind;
+use super::origin::{classify, display_path};
 
 #[derive(Clone, Debug)]
 pub(crate) struct SymFrame {
@@ -99,28 +79,43 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
             .filename()
             .and_then(|p| p.to_str())
             .map(str::to_owned);
-        let lineno = symbol.lineno();
+        let lineno = symbol.lineno().unwrap_or(0);
         let kind = classify(&function, path.as_deref());
-        let has_line = path.is_some() && lineno.is_some();
         let (filename, path) = match path {
             // The path as the debug information gives it stays in `path` (and decides the
             // kind: glibc's relative `./csu/../` paths mark C runtime code); the name shown is
-            // normalized and made relative to the working directory.
-            Some(p) => (shorten(&normalize(&p), base), p),
+            // normalized and made readable (see `origin::display_path`).
+            Some(p) => (display_path(&normalize(&p), base), p),
             None => ("<unknown>".to_owned(), "<unknown>".to_owned()),
         };
         frames.push(SymFrame {
-            frame: Frame::with_path(filename, path, lineno.unwrap_or(0), function),
+            has_line: &*path != "<unknown>" && lineno > 0,
+            frame: Frame::with_path(filename, path, lineno, function),
             kind,
-            has_line,
         });
     });
     if frames.is_empty() {
+        let function = format!("{ip:#x}");
         frames.push(SymFrame {
-            frame: Frame::new("<unknown>".to_owned(), 0, format!("{ip:#x}")),
-            kind: Kind::User,
+            kind: classify(&function, None),
+            frame: Frame::new("<unknown>".to_owned(), 0, function),
             has_line: false,
         });
+    }
+    // Line 0 is code the compiler made (a drop, a moved value) that belongs to no line: it takes
+    // the line of the nearest enclosing frame of the same file that has one.
+    for i in 0..frames.len() {
+        if frames[i].frame.lineno == 0 && &*frames[i].frame.path != "<unknown>" {
+            let path = Arc::clone(&frames[i].frame.path);
+            if let Some(line) = frames[i + 1..]
+                .iter()
+                .find(|f| f.frame.path == path && f.frame.lineno > 0)
+                .map(|f| f.frame.lineno)
+            {
+                frames[i].frame.lineno = line;
+                frames[i].has_line = true;
+            }
+        }
     }
     // Innermost first: every frame but the last was inlined into the one after it.
     let last = frames.len() - 1;
@@ -159,141 +154,58 @@ fn normalize(path: &str) -> String {
     }
 }
 
-fn shorten(path: &str, base: &str) -> String {
-    match path.strip_prefix(base) {
-        Some(rest) if !base.is_empty() => rest.to_owned(),
-        _ => path.to_owned(),
-    }
-}
-
-pub(crate) fn classify(function: &str, path: Option<&str>) -> Kind {
-    let last_segment = function.rsplit("::").next().unwrap_or(function);
-    if matches!(
-        last_segment,
-        "__rust_alloc"
-            | "__rust_dealloc"
-            | "__rust_realloc"
-            | "__rust_alloc_zeroed"
-            | "__rust_alloc_error_handler"
-    ) || last_segment.starts_with("__rg_")
-        || last_segment.starts_with("__rdl_")
-    {
-        return Kind::Shim;
-    }
-    if function.starts_with("<tracealloc::")
-        && function.contains(" as core::alloc::global::GlobalAlloc>::")
-    {
-        return Kind::TracerEntry;
-    }
-    if function.starts_with("tracealloc::")
-        || function.starts_with("<tracealloc::")
-        || function.starts_with("backtrace::")
-        || function.starts_with("<backtrace::")
-        || function.starts_with("_Unwind_")
-    {
-        return Kind::Internal;
-    }
-    if is_c_runtime(function, path) {
-        return Kind::Runtime;
-    }
-    if let Some(path) = path {
-        if path.starts_with(OWN_SOURCES) {
-            return Kind::Internal;
-        }
-        if is_toolchain_path(path) {
-            return Kind::Toolchain;
-        }
-    } else if is_toolchain_symbol(function) {
-        // Some precompiled std functions have no line information; their names still tell.
-        return Kind::Toolchain;
-    }
-    Kind::User
-}
-
-/// glibc and friends: C symbols (no `::`) without a path or with the relative paths of a
-/// distribution's build (`./csu/…`, `../sysdeps/…`), and the compiler-made C `main`.
-fn is_c_runtime(function: &str, path: Option<&str>) -> bool {
-    if function.contains("::") {
-        return false;
-    }
-    match path {
-        None => matches!(
-            function,
-            "main"
-                | "__libc_start_call_main"
-                | "__libc_start_main"
-                | "__libc_start_main_impl"
-                | "_start"
-                | "start_thread"
-                | "clone"
-                | "clone3"
-        ),
-        Some(path) => path.starts_with("./") || path.starts_with("../"),
-    }
-}
-
-fn is_toolchain_path(path: &str) -> bool {
-    (path.starts_with("/rustc/") && path.contains("/library/")) || path.starts_with("/rust/deps/")
-}
-
-/// `alloc::…`, `<alloc::…>::f`, `<i32 as alloc::string::SpecToString>::f`, and core, std.
-fn is_toolchain_symbol(function: &str) -> bool {
-    const CRATES: [&str; 3] = ["alloc::", "core::", "std::"];
-    let first = function.trim_start_matches('<');
-    CRATES.iter().any(|c| first.starts_with(c))
-        || (function.starts_with('<')
-            && CRATES
-                .iter()
-                .any(|c| function.contains(&format!(" as {c}"))))
-}
-
-/// Whether a symbolized frame is the program's own code (not tracealloc's, not the
-/// toolchain's, not the C runtime's).
-pub(crate) fn is_user_frame(frame: &Frame) -> bool {
-    let path = (&*frame.path != "<unknown>").then_some(&*frame.path);
-    classify(&frame.function, path) == Kind::User
-}
-
-/// Index of the call site in `frames` (innermost first): the first frame, past the allocator
-/// entry, that is neither allocator machinery nor the toolchain's library code.
+/// Index of the call site in `frames` (innermost first, `kinds[i]` the kind of `frames[i]`):
+/// past the allocator entry, the innermost frame of the program's own code; failing that (a
+/// thread a pool started runs only a dependency's code), the innermost dependency frame; with
+/// [`Attribution::Innermost`], the innermost frame of either. A stack of only machinery and
+/// std (the runtime's own start-up allocations) gets its innermost std frame that is not
+/// generic allocation code.
 ///
 /// The capture starts inside tracealloc (frames of the unwinder may come first); the allocator
 /// entry is the end of the first run of tracealloc / `GlobalAlloc` / shim frames. Names are not
 /// enough to find it: inlined frames carry short names, and in optimized builds without frame
 /// pointers the shim may leave no frame at all.
-pub(crate) fn call_site(frames: &[SymFrame]) -> usize {
-    let is_machinery =
-        |f: &SymFrame| matches!(f.kind, Kind::Internal | Kind::TracerEntry | Kind::Shim);
-    let skip_from = match frames.iter().position(is_machinery) {
+pub(crate) fn call_site(frames: &[Frame], kinds: &[Kind], attribution: Attribution) -> usize {
+    debug_assert_eq!(frames.len(), kinds.len());
+    let is_machinery = |k: &Kind| matches!(k, Kind::Internal | Kind::TracerEntry | Kind::Shim);
+    let skip_from = match kinds.iter().position(is_machinery) {
         Some(first) => {
             first
-                + frames[first..]
+                + kinds[first..]
                     .iter()
-                    .take_while(|f| is_machinery(f))
+                    .take_while(|k| is_machinery(k))
                     .count()
         }
         None => 0,
     };
-    let beyond = frames[skip_from..]
-        .iter()
-        .position(|f| f.kind == Kind::User)
-        .map(|i| i + skip_from);
-    match beyond {
-        Some(i) => i,
-        // Only machinery and std (e.g. the runtime's own start-up allocations): show the
-        // innermost std frame that is not generic allocation code, rather than nothing.
-        None => {
-            let past = &frames[skip_from..];
-            past.iter()
-                .position(|f| {
-                    f.kind == Kind::Toolchain
-                        && !f.frame.filename.contains("/library/alloc/")
-                        && !f.frame.filename.contains("/library/core/")
-                })
-                .or_else(|| past.iter().position(|f| f.kind == Kind::Toolchain))
-                .map_or(frames.len().saturating_sub(1), |i| i + skip_from)
-        }
+    let past = &kinds[skip_from..];
+    let own = past.iter().position(|k| *k == Kind::Own);
+    let dependency = past.iter().position(|k| *k == Kind::Dependency);
+    let chosen = match attribution {
+        Attribution::OwnCode => own.or(dependency),
+        Attribution::Innermost => match (own, dependency) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+    };
+    if let Some(i) = chosen {
+        return i + skip_from;
     }
+    let generic = |i: usize| {
+        let path = &frames[skip_from + i].path;
+        path.contains("/library/alloc/") || path.contains("/library/core/")
+    };
+    (0..past.len())
+        .find(|&i| past[i] == Kind::Toolchain && !generic(i))
+        .or_else(|| past.iter().position(|k| *k == Kind::Toolchain))
+        .map_or(frames.len().saturating_sub(1), |i| i + skip_from)
+}
+
+/// [`call_site`] of a traceback's frames, classifying them anew (a loaded snapshot, a switch
+/// of attribution).
+pub(crate) fn call_site_of(frames: &[Frame], attribution: Attribution) -> usize {
+    let kinds: Vec<Kind> = frames.iter().map(super::origin::of_frame).collect();
+    call_site(frames, &kinds, attribution)
 }
 
 #[cfg(test)]
@@ -315,7 +227,7 @@ mod tests {
     fn f(function: &str, path: &str) -> SymFrame {
         let path_opt = (!path.is_empty()).then_some(path);
         SymFrame {
-            frame: Frame::new(path.to_owned(), 1, function.to_owned()),
+            frame: Frame::with_path(path.to_owned(), path.to_owned(), 1, function.to_owned()),
             kind: classify(function, path_opt),
             has_line: true,
         }
@@ -351,7 +263,7 @@ mod tests {
             ),
             Kind::Toolchain
         );
-        assert_eq!(classify("app::parse", Some("src/parse.rs")), Kind::User);
+        assert_eq!(classify("app::parse", Some("src/parse.rs")), Kind::Own);
         assert_eq!(
             classify("<alloc::raw_vec::RawVecInner>::try_allocate_in", None),
             Kind::Toolchain
@@ -360,14 +272,25 @@ mod tests {
             classify("<i32 as alloc::string::SpecToString>::spec_to_string", None),
             Kind::Toolchain
         );
-        assert_eq!(classify("app::no_debug_info", None), Kind::User);
+        // Without a path, a crate other than the main binary's (here `tracealloc`, the unit
+        // test binary) is a dependency.
+        assert_eq!(classify("app::no_debug_info", None), Kind::Dependency);
         assert_eq!(classify("main", None), Kind::Runtime);
-        assert_eq!(classify("app::clone", Some("src/lib.rs")), Kind::User);
+        assert_eq!(classify("app::clone", Some("src/lib.rs")), Kind::Own);
         assert_eq!(classify("clone3", None), Kind::Runtime);
         assert_eq!(
             classify("dl_iterate_phdr", Some("./elf/dl-iteratephdr.c")),
             Kind::Runtime
         );
+    }
+
+    fn split(frames: &[SymFrame]) -> (Vec<Frame>, Vec<Kind>) {
+        frames.iter().map(|f| (f.frame.clone(), f.kind)).unzip()
+    }
+
+    fn site(frames: &[SymFrame]) -> usize {
+        let (frames, kinds) = split(frames);
+        call_site(&frames, &kinds, Attribution::OwnCode)
     }
 
     #[test]
@@ -391,7 +314,7 @@ mod tests {
             f("tracealloc::testing::measure", "/x/src/testing.rs"),
             f("app::main", "src/main.rs"),
         ];
-        assert_eq!(call_site(&frames), 5);
+        assert_eq!(site(&frames), 5);
         let std_only = [
             f("__rust_alloc", "src/main.rs"),
             f("alloc::alloc::alloc", "/rustc/h/library/alloc/src/alloc.rs"),
@@ -402,7 +325,7 @@ mod tests {
                 "./csu/../sysdeps/nptl/libc_start_call_main.h",
             ),
         ];
-        assert_eq!(call_site(&std_only), 2);
+        assert_eq!(site(&std_only), 2);
         let inlined_tracer = [
             f(
                 "capture",
@@ -414,6 +337,33 @@ mod tests {
             ),
             f("bench::pair", "benches/hot_path.rs"),
         ];
-        assert_eq!(call_site(&inlined_tracer), 2);
+        assert_eq!(site(&inlined_tracer), 2);
+        let reg = "/c/registry/src/index-0/serde_json-1.0.154/src";
+        let through_a_dependency = [
+            f("__rust_alloc", "src/main.rs"),
+            f(
+                "alloc::raw_vec::finish_grow",
+                "/rustc/h/library/alloc/src/raw_vec.rs",
+            ),
+            f("serde_json::read::parse_str", &format!("{reg}/read.rs")),
+            f("serde_json::de::from_str", &format!("{reg}/de.rs")),
+            f("app::load", "src/load.rs"),
+            f("app::main", "src/main.rs"),
+        ];
+        assert_eq!(site(&through_a_dependency), 4);
+        let (frames, kinds) = split(&through_a_dependency);
+        assert_eq!(call_site(&frames, &kinds, Attribution::Innermost), 2);
+        let pool_thread = [
+            f("__rust_alloc", "src/main.rs"),
+            f(
+                "rayon_core::registry::x",
+                &format!("{reg}/../../rayon-core-1.12.1/src/registry.rs"),
+            ),
+            f(
+                "std::thread::spawn",
+                "/rustc/h/library/std/src/thread/mod.rs",
+            ),
+        ];
+        assert_eq!(site(&pool_thread), 1);
     }
 }

@@ -1,0 +1,543 @@
+//! Where a frame's code comes from (cold path): the program's own crates, a dependency, the Rust
+//! toolchain, tracealloc, the C runtime. Decided from the source path the debug information
+//! gives, and from the demangled symbol when there is no path or the path does not tell.
+//!
+//! Paths that mark the toolchain: `/rustc/<hash>/library/` and `/rust/deps/` (the prebuilt
+//! std), any `…/lib/rustlib/src/rust/` (the `rust-src` component, which rustc uses for std code
+//! inlined into the program when it is installed, and `-Zbuild-std`), and `…/rustc-<version>/
+//! library/` (distributions' own builds). Paths that mark a dependency: Cargo's registry
+//! (`…/registry/src/<index>/<name>-<version>/`), its git checkouts
+//! (`…/git/checkouts/<repo>-<hash>/<rev>/`), vendored sources (`…/vendor/<name>[-<version>]/`)
+//! and paths trimmed to `<name>-<version>/…` (Cargo's `trim-paths`). Everything else with a path
+//! is the program's own code (workspace members and path dependencies).
+
+use crate::snapshot::Frame;
+use std::sync::OnceLock;
+
+/// What a frame is, for choosing the call site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The program's own crates: workspace members and path dependencies.
+    Own,
+    /// A crate the program depends on (registry, git checkout, vendored sources).
+    Dependency,
+    /// The Rust toolchain's library sources (std, alloc, core and std's private deps).
+    Toolchain,
+    /// Compiler-generated allocator shims (`__rust_alloc`, `__rg_alloc`, ...). They resolve to
+    /// the line of the user's `#[global_allocator]` static, so they are told apart by name.
+    Shim,
+    /// `Tracer`'s `GlobalAlloc` methods: where the allocator machinery begins.
+    TracerEntry,
+    /// tracealloc's own code, and the unwinder's.
+    Internal,
+    /// The C runtime around the program: the compiler-made `main` (no line information),
+    /// `__libc_start_call_main`, `_start`, `start_thread`, `clone`.
+    Runtime,
+}
+
+/// tracealloc's sources, as they appear in its own debug information. Inlined frames carry
+/// short names (`record`, `capture`), so the path is what identifies them.
+const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+
+/// The crates of the Rust toolchain's library.
+const TOOLCHAIN_CRATES: [&str; 10] = [
+    "alloc",
+    "core",
+    "std",
+    "proc_macro",
+    "test",
+    "panic_unwind",
+    "panic_abort",
+    "std_detect",
+    "compiler_builtins",
+    "unwind",
+];
+
+/// The kind of a symbolized frame.
+pub(crate) fn of_frame(frame: &Frame) -> Kind {
+    classify(&frame.function, known_path(frame))
+}
+
+/// The frame's source path, `None` when the binary has no line information for it.
+pub(crate) fn known_path(frame: &Frame) -> Option<&str> {
+    (&*frame.path != "<unknown>").then_some(&*frame.path)
+}
+
+pub(crate) fn classify(function: &str, path: Option<&str>) -> Kind {
+    let last_segment = function.rsplit("::").next().unwrap_or(function);
+    if matches!(
+        last_segment,
+        "__rust_alloc"
+            | "__rust_dealloc"
+            | "__rust_realloc"
+            | "__rust_alloc_zeroed"
+            | "__rust_alloc_error_handler"
+    ) || last_segment.starts_with("__rg_")
+        || last_segment.starts_with("__rdl_")
+    {
+        return Kind::Shim;
+    }
+    if function.starts_with("<tracealloc::")
+        && function.contains(" as core::alloc::global::GlobalAlloc>::")
+    {
+        return Kind::TracerEntry;
+    }
+    if function.starts_with("tracealloc::")
+        || function.starts_with("<tracealloc::")
+        || function.starts_with("backtrace::")
+        || function.starts_with("<backtrace::")
+        || function.starts_with("_Unwind_")
+    {
+        return Kind::Internal;
+    }
+    if is_c_runtime(function, path) {
+        return Kind::Runtime;
+    }
+    match path {
+        Some(path) => {
+            if path.starts_with(OWN_SOURCES) {
+                Kind::Internal
+            } else if is_toolchain_path(path) || is_toolchain_symbol(function) {
+                // By symbol too: std code whose path was remapped somewhere unrecognisable
+                // still has std's names.
+                Kind::Toolchain
+            } else if dependency_of_path(path).is_some() {
+                Kind::Dependency
+            } else {
+                Kind::Own
+            }
+        }
+        // No line information (a build without debug info): the symbol is all there is.
+        None => {
+            if is_toolchain_symbol(function) {
+                return Kind::Toolchain;
+            }
+            match (symbol_crate(function), main_crate()) {
+                (Some(c), Some(main)) if c != main => Kind::Dependency,
+                _ => Kind::Own,
+            }
+        }
+    }
+}
+
+/// glibc and friends: C symbols (no `::`) without a path or with the relative paths of a
+/// distribution's build (`./csu/…`, `../sysdeps/…`), and the compiler-made C `main`.
+fn is_c_runtime(function: &str, path: Option<&str>) -> bool {
+    if function.contains("::") {
+        return false;
+    }
+    match path {
+        None => matches!(
+            function,
+            "main"
+                | "__libc_start_call_main"
+                | "__libc_start_main"
+                | "__libc_start_main_impl"
+                | "_start"
+                | "start_thread"
+                | "clone"
+                | "clone3"
+        ),
+        Some(path) => path.starts_with("./") || path.starts_with("../"),
+    }
+}
+
+/// The part of a toolchain source path from `library/` (or `deps/`) on, when `path` is one.
+fn toolchain_tail(path: &str) -> Option<&str> {
+    if let Some(rest) = path.strip_prefix("/rustc/") {
+        // `/rustc/<hash>/library/…`
+        let (_, tail) = rest.split_once('/')?;
+        return tail.starts_with("library/").then_some(tail);
+    }
+    if path.starts_with("/rust/deps/") {
+        return Some(&path["/rust/".len()..]);
+    }
+    if let Some(i) = path.find("/lib/rustlib/src/rust/") {
+        return Some(&path[i + "/lib/rustlib/src/rust/".len()..]);
+    }
+    // `/usr/src/rustc-1.85.0/library/…`, as distributions build it.
+    let i = path.find("/rustc-")?;
+    let rest = &path[i + "/rustc-".len()..];
+    let (version, tail) = rest.split_once('/')?;
+    (version.starts_with(|c: char| c.is_ascii_digit()) && tail.starts_with("library/"))
+        .then_some(tail)
+}
+
+fn is_toolchain_path(path: &str) -> bool {
+    toolchain_tail(path).is_some()
+}
+
+/// A crate as statistics by crate name it: `serde_json 1.0.154`, `app`, `std`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CrateName {
+    pub(crate) name: String,
+    /// The version (or git revision) when the path tells it.
+    pub(crate) version: Option<String>,
+}
+
+impl std::fmt::Display for CrateName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.version {
+            Some(v) => write!(f, "{} {v}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// `name-1.2.3` → (`name`, `1.2.3`): the first `-` followed by `<digits>.` starts the version
+/// (crate names may hold digits after a dash, as `sha-1-0.10.0`).
+fn split_versioned(dir: &str) -> Option<(&str, &str)> {
+    let mut from = 0;
+    while let Some(i) = dir[from..].find('-').map(|i| i + from) {
+        let rest = &dir[i + 1..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if i > 0 && digits > 0 && rest[digits..].starts_with('.') {
+            return Some((&dir[..i], rest));
+        }
+        from = i + 1;
+    }
+    None
+}
+
+/// The dependency a source path belongs to, and the path's part inside the crate's folder
+/// with that folder (`serde_json-1.0.154/src/map.rs`), when the path is a dependency's.
+fn dependency_of_path(path: &str) -> Option<(CrateName, &str)> {
+    if let Some(i) = path.find("/registry/src/") {
+        // `…/registry/src/<index>/<name>-<version>/…`
+        let after_index = path[i + "/registry/src/".len()..].split_once('/')?.1;
+        let dir = after_index.split('/').next()?;
+        let (name, version) = split_versioned(dir)?;
+        return Some((
+            CrateName {
+                name: name.to_owned(),
+                version: Some(version.to_owned()),
+            },
+            after_index,
+        ));
+    }
+    if let Some(i) = path.find("/git/checkouts/") {
+        // `…/git/checkouts/<repo>-<16 hex>/<rev>/…`
+        let rest = &path[i + "/git/checkouts/".len()..];
+        let (repo_dir, rest) = rest.split_once('/')?;
+        let (rev, _) = rest.split_once('/')?;
+        let repo = repo_dir
+            .rsplit_once('-')
+            .filter(|(_, h)| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map_or(repo_dir, |(r, _)| r);
+        return Some((
+            CrateName {
+                name: repo.to_owned(),
+                version: Some(format!("git {rev}")),
+            },
+            rest,
+        ));
+    }
+    let vendored = if let Some(rest) = path.strip_prefix("vendor/") {
+        Some(rest)
+    } else {
+        path.find("/vendor/").map(|i| &path[i + "/vendor/".len()..])
+    };
+    if let Some(rest) = vendored {
+        let dir = rest.split('/').next()?;
+        if rest.len() > dir.len() {
+            let name = match split_versioned(dir) {
+                Some((name, version)) => CrateName {
+                    name: name.to_owned(),
+                    version: Some(version.to_owned()),
+                },
+                None => CrateName {
+                    name: dir.to_owned(),
+                    version: None,
+                },
+            };
+            return Some((name, rest));
+        }
+    }
+    // Cargo's `trim-paths`: `<name>-<version>/src/…`, relative.
+    if !path.starts_with('/') && !path.starts_with('.') {
+        let dir = path.split('/').next()?;
+        if path.len() > dir.len() {
+            if let Some((name, version)) = split_versioned(dir) {
+                if version.split('.').count() >= 3 {
+                    return Some((
+                        CrateName {
+                            name: name.to_owned(),
+                            version: Some(version.to_owned()),
+                        },
+                        path,
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The crate of a symbol's code, when its name tells: `app::main` → `app`,
+/// `<serde_json::Map>::insert` → `serde_json`; `<A as B>::f` → the one of A's and B's crates
+/// that is not the toolchain's (the impl lives in one of the two).
+fn symbol_crate(function: &str) -> Option<&str> {
+    let (self_crate, trait_crate) = symbol_crates(function);
+    match (self_crate, trait_crate) {
+        (Some(s), Some(t)) if TOOLCHAIN_CRATES.contains(&s) => Some(t),
+        (Some(s), _) => Some(s),
+        (None, t) => t,
+    }
+}
+
+/// The leading crate of a path expression (`serde_json::de::from_str` → `serde_json`); `None`
+/// for primitive and compound types (`i32`, `&T`, `[u8]`, `(A, B)`).
+fn leading_crate(path: &str) -> Option<&str> {
+    let (first, _) = path.split_once("::")?;
+    (!first.is_empty()
+        && first
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    .then_some(first)
+}
+
+/// For `<A as B>::f`: (A's crate, B's crate); for `<A>::f` and `a::f`: (the crate, `None`).
+fn symbol_crates(function: &str) -> (Option<&str>, Option<&str>) {
+    let Some(inner) = function.strip_prefix('<') else {
+        return (leading_crate(function), None);
+    };
+    // Find the ` as ` or the closing `>` at depth 0.
+    let mut depth = 0usize;
+    let bytes = inner.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'<' | b'(' | b'[' => depth += 1,
+            b')' | b']' => depth = depth.saturating_sub(1),
+            b'>' if depth == 0 => return (leading_crate(&inner[..i]), None),
+            b'>' => depth -= 1,
+            b' ' if depth == 0 && inner[i..].starts_with(" as ") => {
+                return (
+                    leading_crate(&inner[..i]),
+                    leading_crate(&inner[i + " as ".len()..]),
+                );
+            }
+            _ => {}
+        }
+    }
+    (leading_crate(inner), None)
+}
+
+/// Code of the toolchain's crates by its name: `alloc::…`, `<alloc::vec::Vec<T>>::push`,
+/// `<i32 as alloc::string::SpecToString>::f`; not `<app::Foo as core::fmt::Display>::fmt`
+/// (the program's impl of a std trait) nor `<alloc::vec::Vec<u8> as app::Trait>::f`.
+fn is_toolchain_symbol(function: &str) -> bool {
+    let toolchain = |c: Option<&str>| c.is_some_and(|c| TOOLCHAIN_CRATES.contains(&c));
+    match symbol_crates(function) {
+        (s, None) => toolchain(s),
+        (None, t) => toolchain(t),
+        (s, t) => toolchain(s) && toolchain(t),
+    }
+}
+
+/// The crate name of the program's main binary, from the executable's name (`app`, and
+/// `attribution` for a test binary `attribution-0123456789abcdef`), with `-` as `_`.
+fn main_crate() -> Option<&'static str> {
+    static MAIN: OnceLock<Option<String>> = OnceLock::new();
+    MAIN.get_or_init(|| {
+        let exe = std::env::current_exe().ok()?;
+        let stem = exe.file_stem()?.to_str()?;
+        let stem = match stem.rsplit_once('-') {
+            Some((name, hash))
+                if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                name
+            }
+            _ => stem,
+        };
+        Some(stem.replace('-', "_"))
+    })
+    .as_deref()
+}
+
+/// The crate whose code a frame of kind `kind` is.
+pub(crate) fn crate_of(frame: &Frame, kind: Kind) -> CrateName {
+    let path = known_path(frame);
+    let plain = |name: &str| CrateName {
+        name: name.to_owned(),
+        version: None,
+    };
+    match kind {
+        Kind::Dependency => {
+            if let Some((name, _)) = path.and_then(dependency_of_path) {
+                return name;
+            }
+        }
+        Kind::Toolchain => {
+            if let Some(tail) = path.and_then(toolchain_tail) {
+                // `library/<crate>/…`; std's private deps (`deps/hashbrown-…`) count as std.
+                if let Some(rest) = tail.strip_prefix("library/") {
+                    if let Some((c, _)) = rest.split_once('/') {
+                        return plain(c);
+                    }
+                }
+                return plain("std");
+            }
+        }
+        Kind::Internal | Kind::TracerEntry | Kind::Shim => return plain("tracealloc"),
+        Kind::Runtime => return plain("<C runtime>"),
+        Kind::Own => {}
+    }
+    match symbol_crate(&frame.function) {
+        Some(c) => plain(c),
+        None => plain(main_crate().unwrap_or("<unknown>")),
+    }
+}
+
+/// The name a source path is shown by: a dependency's path from its crate folder
+/// (`serde_json-1.0.154/src/map.rs`, `repo@rev/src/lib.rs` for a git checkout), a toolchain path
+/// without its commit hash or sysroot (`/rustc/library/alloc/src/raw_vec.rs`), other paths
+/// relative to `base` (the working directory with a trailing `/`) when under it.
+pub(crate) fn display_path(path: &str, base: &str) -> String {
+    if let Some(tail) = toolchain_tail(path) {
+        return format!("/rustc/{tail}");
+    }
+    if let Some((name, inside)) = dependency_of_path(path) {
+        if path.contains("/git/checkouts/") {
+            let rest = inside.split_once('/').map_or("", |(_, r)| r);
+            let rev = name
+                .version
+                .as_deref()
+                .unwrap_or("")
+                .trim_start_matches("git ");
+            return format!("{}@{rev}/{rest}", name.name);
+        }
+        return inside.to_owned();
+    }
+    match path.strip_prefix(base) {
+        // A program run from `/` keeps the leading slash.
+        Some(rest) if !base.is_empty() && base != "/" => rest.to_owned(),
+        _ => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toolchain_paths_wherever_the_build_put_them() {
+        for path in [
+            "/rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/raw_vec.rs",
+            "/root/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/lib/rustlib/src/rust/library/alloc/src/alloc.rs",
+            "/opt/rust/lib/rustlib/src/rust/library/std/src/rt.rs",
+            "/usr/src/rustc-1.85.0/library/core/src/ptr/mod.rs",
+            "/rust/deps/hashbrown-0.15.2/src/raw.rs",
+        ] {
+            assert_eq!(
+                classify("x::y", Some(path)),
+                Kind::Toolchain,
+                "{path} is the toolchain's"
+            );
+            assert!(display_path(path, "/w/").starts_with("/rustc/"), "{path}");
+        }
+        assert_eq!(
+            display_path(
+                "/root/.rustup/toolchains/s/lib/rustlib/src/rust/library/alloc/src/alloc.rs",
+                "/"
+            ),
+            "/rustc/library/alloc/src/alloc.rs"
+        );
+        // A project that happens to have a `library/` folder is not the toolchain.
+        assert_eq!(
+            classify("app::f", Some("/home/u/proj/library/alloc/src/x.rs")),
+            Kind::Own
+        );
+    }
+
+    #[test]
+    fn toolchain_by_symbol() {
+        assert!(is_toolchain_symbol("alloc::raw_vec::finish_grow"));
+        assert!(is_toolchain_symbol("<alloc::vec::Vec<T,A>>::push"));
+        assert!(is_toolchain_symbol(
+            "<i32 as alloc::string::SpecToString>::spec_to_string"
+        ));
+        assert!(is_toolchain_symbol(
+            "<alloc::vec::Vec<T> as core::clone::Clone>::clone"
+        ));
+        assert!(!is_toolchain_symbol(
+            "<app::Foo as core::fmt::Display>::fmt"
+        ));
+        assert!(!is_toolchain_symbol(
+            "<alloc::vec::Vec<u8> as app::Encode>::encode"
+        ));
+        assert!(!is_toolchain_symbol("app::main"));
+        assert!(!is_toolchain_symbol("build_index"));
+        // Remapped std sources are still std's by name.
+        assert_eq!(
+            classify("alloc::alloc::alloc", Some("/remapped/alloc/src/alloc.rs")),
+            Kind::Toolchain
+        );
+    }
+
+    #[test]
+    fn dependencies_by_path() {
+        let reg = "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/serde_json-1.0.154/src/map.rs";
+        assert_eq!(
+            classify("serde_json::map::Map::insert", Some(reg)),
+            Kind::Dependency
+        );
+        let frame = Frame::with_path(String::new(), reg.into(), 138, "f".into());
+        assert_eq!(
+            crate_of(&frame, Kind::Dependency).to_string(),
+            "serde_json 1.0.154"
+        );
+        assert_eq!(display_path(reg, "/w/"), "serde_json-1.0.154/src/map.rs");
+        let dashed = "/c/registry/src/i/sha-1-0.10.0-rc.1/src/lib.rs";
+        let (name, _) = dependency_of_path(dashed).unwrap();
+        assert_eq!(name.to_string(), "sha-1 0.10.0-rc.1");
+        let git = "/root/.cargo/git/checkouts/tokio-0123456789abcdef/a1b2c3d/tokio/src/lib.rs";
+        assert_eq!(classify("tokio::x", Some(git)), Kind::Dependency);
+        assert_eq!(display_path(git, "/"), "tokio@a1b2c3d/tokio/src/lib.rs");
+        assert_eq!(
+            classify("regex::x", Some("/w/app/vendor/regex/src/lib.rs")),
+            Kind::Dependency
+        );
+        assert_eq!(
+            classify("regex::x", Some("regex-1.11.1/src/lib.rs")),
+            Kind::Dependency
+        );
+        assert_eq!(classify("app::parse", Some("src/parse.rs")), Kind::Own);
+        assert_eq!(
+            classify("mylib::f", Some("/home/u/mylib/src/lib.rs")),
+            Kind::Own
+        );
+        assert_eq!(classify("app::f", Some("src/v-1.2.3/x.rs")), Kind::Own);
+    }
+
+    #[test]
+    fn crate_names() {
+        assert_eq!(
+            symbol_crate("<app::Foo as core::fmt::Display>::fmt"),
+            Some("app")
+        );
+        assert_eq!(
+            symbol_crate("<alloc::vec::Vec<u8> as serde::Serialize>::serialize"),
+            Some("serde")
+        );
+        assert_eq!(
+            symbol_crate("<serde_json::Map<K,V>>::insert"),
+            Some("serde_json")
+        );
+        assert_eq!(symbol_crate("<&T as core::fmt::Debug>::fmt"), Some("core"));
+        assert_eq!(symbol_crate("main"), None);
+        let std_frame = Frame::with_path(
+            String::new(),
+            "/rustc/h/library/alloc/src/raw_vec.rs".into(),
+            1,
+            "f".into(),
+        );
+        assert_eq!(crate_of(&std_frame, Kind::Toolchain).to_string(), "alloc");
+    }
+
+    #[test]
+    fn display_paths() {
+        assert_eq!(display_path("/w/src/main.rs", "/w/"), "src/main.rs");
+        assert_eq!(display_path("/etc/x.rs", "/"), "/etc/x.rs");
+        assert_eq!(display_path("/elsewhere/x.rs", "/w/"), "/elsewhere/x.rs");
+    }
+}
