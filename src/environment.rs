@@ -125,6 +125,11 @@ fn exit_work() {
             "tracealloc: top {lines} lines at exit\n{}\n",
             snapshot.report(crate::GroupBy::Line, lines)
         );
+        // Which dependency holds the memory, when more than one crate does.
+        let by_crate = snapshot.report(crate::GroupBy::Crate, lines.min(5));
+        if snapshot.statistics(crate::GroupBy::Crate).len() > 1 {
+            text += &format!("tracealloc: by crate at exit\n{by_crate}\n");
+        }
         text += &format!(
             "tracealloc: traced memory at exit {}, peak {}; tracer tables {}",
             crate::format_size(memory.current as f64, false),

@@ -1,12 +1,15 @@
 //! `tracealloc`: look at snapshot files written by `Snapshot::dump` or `TRACEALLOC_DUMP`.
 //!
 //! ```text
-//! tracealloc top FILE [--by line|file|function|traceback] [-n 10] [--include GLOB] [--exclude GLOB]
+//! tracealloc top FILE [--by line|file|function|traceback|crate] [-n 10] [--include GLOB] [--exclude GLOB]
 //! tracealloc diff OLD NEW [--by ...] [-n 10]
 //! tracealloc flamegraph FILE -o out.svg [--allocated]
 //! tracealloc pprof FILE -o out.pb.gz
 //! tracealloc dhat FILE -o out.json [--live]
 //! ```
+//!
+//! `--attribution innermost` (any subcommand) attributes traces to their innermost frame outside
+//! the allocator and std, dependencies included, instead of the program's own line.
 //!
 //! Errors (a missing or damaged file, a bad pattern) are one line on stderr and exit code 1.
 
@@ -24,6 +27,17 @@ use tracealloc::{Error, Filter, GroupBy, Metric, Snapshot};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Which frame a trace counts for: the program's own line (own) or the innermost frame
+    /// outside the allocator and std, dependencies included (innermost). Default: as the
+    /// file was written.
+    #[arg(long, global = true, value_enum)]
+    attribution: Option<Attributed>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Attributed {
+    Own,
+    Innermost,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -32,6 +46,7 @@ enum By {
     File,
     Function,
     Traceback,
+    Crate,
 }
 
 impl From<By> for GroupBy {
@@ -41,6 +56,7 @@ impl From<By> for GroupBy {
             By::File => GroupBy::File,
             By::Function => GroupBy::Function,
             By::Traceback => GroupBy::Traceback,
+            By::Crate => GroupBy::Crate,
         }
     }
 }
@@ -124,6 +140,18 @@ fn metric(allocated: bool) -> Metric {
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
+    let attribution = cli.attribution.map(|a| match a {
+        Attributed::Own => tracealloc::Attribution::OwnCode,
+        Attributed::Innermost => tracealloc::Attribution::Innermost,
+    });
+    // Files keep the call sites of the process that wrote them; the flag re-attributes.
+    let load = |path: &PathBuf| -> Result<Snapshot, Error> {
+        let snapshot = Snapshot::load(path)?;
+        Ok(match attribution {
+            None => snapshot,
+            Some(a) => snapshot.with_attribution(a),
+        })
+    };
     match cli.command {
         Command::Top {
             file,
@@ -134,7 +162,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             allocated,
             cumulative,
         } => {
-            let snapshot = Snapshot::load(&file)?;
+            let snapshot = load(&file)?;
             let filters = include
                 .iter()
                 .map(|p| Filter::include(p))
@@ -190,8 +218,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             by,
             limit,
         } => {
-            let old = Snapshot::load(&old)?;
-            let new = Snapshot::load(&new)?;
+            let old = load(&old)?;
+            let new = load(&new)?;
             let diffs = new.compare_to(&old, by.into());
             println!("[ Top {} differences ]", limit.min(diffs.len()));
             for diff in diffs.iter().take(limit) {
@@ -203,15 +231,15 @@ fn run(cli: Cli) -> Result<(), Error> {
             output,
             allocated,
         } => {
-            Snapshot::load(&file)?.write_flamegraph(&output, metric(allocated))?;
+            load(&file)?.write_flamegraph(&output, metric(allocated))?;
             eprintln!("wrote {}", output.display());
         }
         Command::Pprof { file, output } => {
-            Snapshot::load(&file)?.write_pprof(&output)?;
+            load(&file)?.write_pprof(&output)?;
             eprintln!("wrote {}", output.display());
         }
         Command::Dhat { file, output, live } => {
-            Snapshot::load(&file)?.write_dhat(&output, metric(!live))?;
+            load(&file)?.write_dhat(&output, metric(!live))?;
             eprintln!("wrote {}", output.display());
         }
     }

@@ -254,14 +254,63 @@ impl Snapshot {
                 crate::format::format_size(self.sample_mean as f64, false)
             ));
         }
-        if self.call_sites_without_lines > 0 {
-            notes.push(format!(
-                "{} call site(s) have no line information: the binary lacks debug info; add \
-                 `[profile.release] debug = \"line-tables-only\"` to Cargo.toml",
-                self.call_sites_without_lines
-            ));
+        if let Some(note) = self.lines_note() {
+            notes.push(note);
         }
         notes
+    }
+}
+
+impl Snapshot {
+    /// Which call sites have no line, and why, when some have none.
+    fn lines_note(&self) -> Option<String> {
+        let mut without: Vec<&Frame> = Vec::new();
+        let mut with_lines = 0usize;
+        let mut seen = std::collections::HashSet::new();
+        for trace in &self.traces {
+            let site = trace.traceback.call_site();
+            if !seen.insert(trace.traceback.frames().as_ptr()) {
+                continue;
+            }
+            if site.lineno == 0 {
+                without.push(site);
+            } else {
+                with_lines += 1;
+            }
+        }
+        if without.is_empty() {
+            return None;
+        }
+        without.sort_by(|a, b| a.function.cmp(&b.function));
+        without.dedup_by(|a, b| a.function == b.function);
+        let generated = without
+            .iter()
+            .filter(|f| &*f.filename != "<unknown>")
+            .count();
+        let names: Vec<&str> = without.iter().take(3).map(|f| &*f.function).collect();
+        let more = without.len().saturating_sub(names.len());
+        let listed = if more > 0 {
+            format!("{} and {more} more", names.join(", "))
+        } else {
+            names.join(", ")
+        };
+        Some(if with_lines == 0 && generated == 0 {
+            "no call site has line information (the binary has no debug info), so statistics \
+             name functions: add `[profile.release] debug = \"line-tables-only\"` to Cargo.toml \
+             for lines"
+                .to_owned()
+        } else if generated == without.len() {
+            format!(
+                "{} call site(s) are compiler-generated code without a line (line 0): {listed}",
+                without.len()
+            )
+        } else {
+            format!(
+                "{} call site(s) have no line information, their code was built without debug \
+                 info (a profile override for a dependency, or a precompiled library): {listed}",
+                without.len()
+            )
+        })
     }
 }
 

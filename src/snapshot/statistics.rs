@@ -40,6 +40,20 @@ pub struct Statistic {
     pub group_by: GroupBy,
     /// Whether `size` and `count` are estimates from a sampled snapshot (printed with `~`).
     pub estimated: bool,
+    /// The whole traceback of the stack that contributed the most bytes to the group.
+    pub(crate) biggest: Option<Traceback>,
+}
+
+impl Statistic {
+    /// The dependency code inside the group's call site: the outermost dependency frame
+    /// between the call site and the allocator (`serde_json::de::from_str` for a
+    /// `serde_json::from_str(…)` line) and its crate (`serde_json 1.0.154`), taken from the
+    /// stack that contributed the most bytes. `None` when the allocation was made by the
+    /// program's own code or std directly.
+    pub fn via(&self) -> Option<(Frame, String)> {
+        let traceback = self.biggest.as_ref()?;
+        traceback.via().map(|(f, c)| (f.clone(), c))
+    }
 }
 
 /// tracemalloc's format: `src/main.rs:12: size=2637 MiB, count=2, average=1318 MiB`;
@@ -152,20 +166,41 @@ fn crate_key(name: String) -> Traceback {
 /// trimmed allocator frames are one group, represented by the smallest of them (so the result
 /// does not depend on hash order).
 #[derive(Default)]
-struct Groups(HashMap<Vec<Frame>, (Traceback, usize, usize)>);
+struct Groups(HashMap<Vec<Frame>, Group>);
+
+struct Group {
+    key: Traceback,
+    size: usize,
+    count: usize,
+    /// The contributing stack with the most bytes, and its bytes.
+    biggest: Option<(Traceback, usize)>,
+}
 
 impl Groups {
-    fn add(&mut self, key: Traceback, size: usize, count: usize) {
+    /// Adds `size` and `count` of the stack `source` to the group `key`.
+    fn add(&mut self, key: Traceback, size: usize, count: usize, source: &Traceback) {
         let slot = self
             .0
             .entry(key.frames().to_vec())
-            .or_insert_with(|| (key.clone(), 0, 0));
-        if key.all_frames() < slot.0.all_frames() {
-            slot.0 = key;
+            .or_insert_with(|| Group {
+                key: key.clone(),
+                size: 0,
+                count: 0,
+                biggest: None,
+            });
+        if key.all_frames() < slot.key.all_frames() {
+            slot.key = key;
+        }
+        let bigger = match &slot.biggest {
+            None => true,
+            Some((t, s)) => size > *s || (size == *s && source.all_frames() < t.all_frames()),
+        };
+        if bigger {
+            slot.biggest = Some((source.clone(), size));
         }
         // Saturating: estimates from a sampled snapshot can be huge.
-        slot.1 = slot.1.saturating_add(size);
-        slot.2 = slot.2.saturating_add(count);
+        slot.size = slot.size.saturating_add(size);
+        slot.count = slot.count.saturating_add(count);
     }
 
     /// Biggest first: by size, then count, as tracemalloc sorts.
@@ -173,12 +208,13 @@ impl Groups {
         let mut stats: Vec<Statistic> = self
             .0
             .into_values()
-            .map(|(traceback, size, count)| Statistic {
-                traceback,
-                size,
-                count,
+            .map(|g| Statistic {
+                traceback: g.key,
+                size: g.size,
+                count: g.count,
                 group_by,
                 estimated,
+                biggest: g.biggest.map(|(t, _)| t),
             })
             .collect();
         stats.sort_by(|a, b| {
@@ -195,7 +231,7 @@ impl Snapshot {
     pub fn statistics(&self, group_by: GroupBy) -> Vec<Statistic> {
         let mut groups = Groups::default();
         for (traceback, size, count) in self.per_stack() {
-            groups.add(group_by.key(&traceback), size, count);
+            groups.add(group_by.key(&traceback), size, count, &traceback);
         }
         groups.sorted(group_by, self.sampled().is_some())
     }
@@ -212,6 +248,7 @@ impl Snapshot {
                 group_by.key(&stack.traceback),
                 bytes as usize,
                 blocks as usize,
+                &stack.traceback,
             );
         }
         self.has_allocation_totals()
@@ -260,7 +297,7 @@ impl Snapshot {
             keys.sort_by(|a, b| a.frames().cmp(b.frames()));
             keys.dedup();
             for key in keys {
-                groups.add(key, size, count);
+                groups.add(key, size, count, &traceback);
             }
         }
         groups.sorted(group_by, self.sampled().is_some())
@@ -308,6 +345,11 @@ impl fmt::Display for Report {
             {
                 writeln!(f, "  {}", line.trim_start())?;
             }
+            if stat.group_by != GroupBy::Crate {
+                if let Some((via, krate)) = stat.via() {
+                    writeln!(f, "  via {} ({krate})", via.function)?;
+                }
+            }
         }
         let rest = &self.stats[self.top().len()..];
         if !rest.is_empty() {
@@ -343,6 +385,7 @@ mod tests {
             count,
             group_by: GroupBy::Line,
             estimated: false,
+            biggest: None,
         }
     }
 
@@ -425,6 +468,7 @@ mod tests {
             count: 1,
             group_by: GroupBy::Function,
             estimated: false,
+            biggest: None,
         };
         assert_eq!(
             by_function.to_string(),

@@ -109,7 +109,8 @@ pub(crate) fn classify(function: &str, path: Option<&str>) -> Kind {
         }
         // No line information (a build without debug info): the symbol is all there is.
         None => {
-            if is_toolchain_symbol(function) {
+            // `__rust_try` and other std intrinsics without a line.
+            if is_toolchain_symbol(function) || function.starts_with("__rust_") {
                 return Kind::Toolchain;
             }
             match (symbol_crate(function), main_crate()) {
