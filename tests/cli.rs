@@ -67,6 +67,14 @@ fn top_prints_tracemalloc_statistics() {
          File \"src/main.rs\", line 12, in app::main\n\
          Total allocated since tracing started: 6208 B\n"
     );
+    assert_eq!(
+        ok(args!["top", file, "--by", "crate"]),
+        "#1: app: size=2112 B, count=2, average=1056 B\nTotal allocated size: 2112 B\n"
+    );
+    assert_eq!(
+        ok(args!["top", file, "--attribution", "innermost"]),
+        ok(args!["top", file])
+    );
     // Filters: excluding the only file leaves nothing.
     assert_eq!(
         ok(args!["top", file, "--exclude", "src/*"]),

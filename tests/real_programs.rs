@@ -114,6 +114,7 @@ fn run_workload() -> Workload {
 
 #[test]
 fn a_program_with_dependencies_is_attributed_to_its_own_lines() {
+    let before = tracealloc::take_snapshot().unwrap();
     let w = run_workload();
     let snapshot = tracealloc::take_snapshot().unwrap();
     let (to_string_line, from_str_line, regex_line, rayon_line) = w.lines;
@@ -232,6 +233,33 @@ fn a_program_with_dependencies_is_attributed_to_its_own_lines() {
             .iter()
             .any(|s| &*s.traceback.call_site().filename == "real_programs"),
         "{crates:?}"
+    );
+
+    // What grew, by crate: serde_json's tree appeared.
+    let grew = snapshot.compare_to(&before, GroupBy::Crate);
+    assert!(
+        grew.iter().any(|d| d
+            .traceback
+            .call_site()
+            .filename
+            .starts_with("serde_json 1.")
+            && d.size_diff >= w.text.len() as i64),
+        "{grew:?}"
+    );
+
+    // A dump keeps all of it, and can be re-attributed after loading.
+    let reloaded = Snapshot::from_bytes(&snapshot.to_bytes()).unwrap();
+    assert_eq!(
+        reloaded.statistics(GroupBy::Crate),
+        snapshot.statistics(GroupBy::Crate)
+    );
+    assert_eq!(
+        reloaded
+            .with_attribution(tracealloc::Attribution::Innermost)
+            .statistics(GroupBy::Line),
+        snapshot
+            .with_attribution(tracealloc::Attribution::Innermost)
+            .statistics(GroupBy::Line)
     );
 
     // The view of the innermost frame stays one switch away: there, serde_json's own lines.
