@@ -46,7 +46,8 @@
 //! # Line numbers
 //!
 //! Release builds need line tables: `[profile.release] debug = "line-tables-only"`. Without
-//! them call sites show as `<unknown>:0` and [`Snapshot::notes`] says why.
+//! them call sites show as their function (`app::build_index`) and [`Snapshot::notes`] says
+//! why.
 //!
 //! # Comparing and saving
 //!

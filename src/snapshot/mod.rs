@@ -263,7 +263,7 @@ impl Snapshot {
 
 impl Snapshot {
     /// Which call sites have no line, and why, when some have none.
-    fn lines_note(&self) -> Option<String> {
+    pub(crate) fn lines_note(&self) -> Option<String> {
         let mut without: Vec<&Frame> = Vec::new();
         let mut with_lines = 0usize;
         let mut seen = std::collections::HashSet::new();

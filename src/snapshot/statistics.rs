@@ -4,6 +4,7 @@ use super::{Frame, Snapshot, Traceback};
 use crate::format::format_size;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// How traces are grouped into statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,6 +43,9 @@ pub struct Statistic {
     pub estimated: bool,
     /// The whole traceback of the stack that contributed the most bytes to the group.
     pub(crate) biggest: Option<Traceback>,
+    /// How many other dependency entry points (see [`via`](Self::via)) the group's stacks
+    /// pass through.
+    pub(crate) other_vias: usize,
 }
 
 impl Statistic {
@@ -157,6 +161,41 @@ impl GroupBy {
     }
 }
 
+/// `collect<rayon::iter::Map<…>, Vec<…>>` → `collect`: a function's name without its generic
+/// arguments (`<A as B>::f` keeps its qualified form), for the short `via` lines.
+fn without_generics(function: &str) -> String {
+    let mut out = String::with_capacity(function.len());
+    let mut depth = 0usize;
+    let mut rest = function;
+    // A leading `<A as B>` is the qualified path, not generic arguments: keep it.
+    if function.starts_with('<') {
+        let mut d = 0usize;
+        for (i, c) in function.char_indices() {
+            match c {
+                '<' => d += 1,
+                '>' => {
+                    d -= 1;
+                    if d == 0 {
+                        out.push_str(&function[..=i]);
+                        rest = &function[i + 1..];
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for c in rest.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("::::", "::").trim_end_matches("::").to_owned()
+}
+
 /// The one-frame key of a crate group: the crate's name in the frame's file.
 fn crate_key(name: String) -> Traceback {
     Traceback::from_frames(vec![Frame::new(name, 0, String::new())])
@@ -174,6 +213,8 @@ struct Group {
     count: usize,
     /// The contributing stack with the most bytes, and its bytes.
     biggest: Option<(Traceback, usize)>,
+    /// The distinct dependency entry points of the contributing stacks.
+    vias: Vec<Arc<str>>,
 }
 
 impl Groups {
@@ -187,7 +228,13 @@ impl Groups {
                 size: 0,
                 count: 0,
                 biggest: None,
+                vias: Vec::new(),
             });
+        if let Some((via, _)) = source.via() {
+            if !slot.vias.contains(&via.function) {
+                slot.vias.push(via.function.clone());
+            }
+        }
         if key.all_frames() < slot.key.all_frames() {
             slot.key = key;
         }
@@ -214,6 +261,7 @@ impl Groups {
                 count: g.count,
                 group_by,
                 estimated,
+                other_vias: g.vias.len().saturating_sub(1),
                 biggest: g.biggest.map(|(t, _)| t),
             })
             .collect();
@@ -306,8 +354,15 @@ impl Snapshot {
     /// A printable top-`limit` report: notes, one line per group with its source line, the
     /// rest summed, the total.
     pub fn report(&self, group_by: GroupBy, limit: usize) -> Report {
+        let mut notes = self.notes();
+        if group_by == GroupBy::Crate {
+            // Crates are told by path or symbol; missing lines do not matter to them.
+            if let Some(lines) = self.lines_note() {
+                notes.retain(|n| *n != lines);
+            }
+        }
         Report {
-            notes: self.notes(),
+            notes,
             stats: self.statistics(group_by),
             limit,
         }
@@ -347,7 +402,11 @@ impl fmt::Display for Report {
             }
             if stat.group_by != GroupBy::Crate {
                 if let Some((via, krate)) = stat.via() {
-                    writeln!(f, "  via {} ({krate})", via.function)?;
+                    write!(f, "  via {} ({krate})", without_generics(&via.function))?;
+                    match stat.other_vias {
+                        0 => writeln!(f)?,
+                        n => writeln!(f, " and {n} other path(s) into dependencies")?,
+                    }
                 }
             }
         }
@@ -386,6 +445,7 @@ mod tests {
             group_by: GroupBy::Line,
             estimated: false,
             biggest: None,
+            other_vias: 0,
         }
     }
 
@@ -449,6 +509,22 @@ mod tests {
     }
 
     #[test]
+    fn via_names_lose_generic_arguments() {
+        assert_eq!(
+            without_generics("collect<rayon::iter::map::Map<u64>, alloc::vec::Vec<u8>>"),
+            "collect"
+        );
+        assert_eq!(
+            without_generics("<serde_json::Map<K, V> as core::clone::Clone>::clone"),
+            "<serde_json::Map<K, V> as core::clone::Clone>::clone"
+        );
+        assert_eq!(
+            without_generics("serde_json::de::from_str::<T>"),
+            "serde_json::de::from_str"
+        );
+    }
+
+    #[test]
     fn grouped_keys_print_as_tracemalloc() {
         let mut by_file = stat(2048, 2);
         by_file.traceback = GroupBy::File.key(&by_file.traceback);
@@ -469,6 +545,7 @@ mod tests {
             group_by: GroupBy::Function,
             estimated: false,
             biggest: None,
+            other_vias: 0,
         };
         assert_eq!(
             by_function.to_string(),

@@ -101,7 +101,7 @@ pub(crate) fn classify(function: &str, path: Option<&str>) -> Kind {
                 // By symbol too: std code whose path was remapped somewhere unrecognisable
                 // still has std's names.
                 Kind::Toolchain
-            } else if dependency_of_path(path).is_some() {
+            } else if dependency_of_path(path).is_some() || is_generated_impl(function) {
                 Kind::Dependency
             } else {
                 Kind::Own
@@ -115,10 +115,20 @@ pub(crate) fn classify(function: &str, path: Option<&str>) -> Kind {
             }
             match (symbol_crate(function), main_crate()) {
                 (Some(c), Some(main)) if c != main => Kind::Dependency,
+                _ if is_generated_impl(function) => Kind::Dependency,
                 _ => Kind::Own,
             }
         }
     }
+}
+
+/// Code a derive macro generated inside the program's crate: serde's `Deserialize` and
+/// `Serialize` impls live in an anonymous `const _: () = { impl … }` block, whose symbols read
+/// `app::_::<impl serde::de::Deserialize for app::Record>::deserialize`. Their line is the
+/// `#[derive]` attribute's; the program's line is the `from_str` that called them, so they are
+/// machinery like the dependency they serve.
+fn is_generated_impl(function: &str) -> bool {
+    function.contains("::_::<impl ")
 }
 
 /// glibc and friends: C symbols (no `::`) without a path or with the relative paths of a
@@ -340,6 +350,9 @@ fn is_toolchain_symbol(function: &str) -> bool {
 fn main_crate() -> Option<&'static str> {
     static MAIN: OnceLock<Option<String>> = OnceLock::new();
     MAIN.get_or_init(|| {
+        // The name is the tracer's memory, not the program's (this may run outside a snapshot,
+        // from a statistic grouped by crate).
+        let _guard = crate::guard::Guard::enter();
         let exe = std::env::current_exe().ok()?;
         let stem = exe.file_stem()?.to_str()?;
         let stem = match stem.rsplit_once('-') {
@@ -385,7 +398,13 @@ pub(crate) fn crate_of(frame: &Frame, kind: Kind) -> CrateName {
     }
     match symbol_crate(&frame.function) {
         Some(c) => plain(c),
-        None => plain(main_crate().unwrap_or("<unknown>")),
+        // Bare function names (`debug = "line-tables-only"`): the program is named like its
+        // executable. In the `tracealloc` command reading a file, the program is unknown
+        // (tracealloc's own code is never `Own`, so the name cannot be meant).
+        None => match main_crate() {
+            Some(main) if main != "tracealloc" => plain(main),
+            _ => plain("<own code>"),
+        },
     }
 }
 
@@ -533,6 +552,19 @@ mod tests {
             "f".into(),
         );
         assert_eq!(crate_of(&std_frame, Kind::Toolchain).to_string(), "alloc");
+    }
+
+    #[test]
+    fn derived_impls_are_machinery() {
+        let visitor = "<app::_::<impl serde::de::Deserialize for app::Record>::deserialize::__Visitor as serde::de::Visitor>::visit_map::<serde_json::de::MapAccess<serde_json::read::StrRead>>";
+        assert_eq!(classify(visitor, Some("src/main.rs")), Kind::Dependency);
+        assert_eq!(
+            classify(
+                "<app::Record as core::clone::Clone>::clone",
+                Some("src/main.rs")
+            ),
+            Kind::Own
+        );
     }
 
     #[test]
