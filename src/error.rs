@@ -155,3 +155,32 @@ impl std::error::Error for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fn main() -> Result<(), Error>` prints the `Debug` form: it must be the message.
+    #[test]
+    fn debug_is_the_message() {
+        for e in [
+            Error::NotInstalled,
+            Error::InvalidFrameCount { requested: 0 },
+            Error::InvalidAttribution {
+                given: "outer".into(),
+            },
+        ] {
+            assert_eq!(format!("{e:?}"), e.to_string());
+            assert!(!format!("{e:?}").starts_with("NotInstalled"));
+        }
+        assert!(format!("{:?}", Error::NotInstalled).contains("#[global_allocator]"));
+        assert_eq!(
+            "innermost".parse::<crate::Attribution>().unwrap(),
+            crate::Attribution::Innermost
+        );
+        assert!(matches!(
+            "outer".parse::<crate::Attribution>(),
+            Err(Error::InvalidAttribution { .. })
+        ));
+    }
+}

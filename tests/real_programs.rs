@@ -208,7 +208,14 @@ fn a_program_with_dependencies_is_attributed_to_its_own_lines() {
     assert!(via.function.contains("serde_json"), "{via:?}");
     assert!(krate.starts_with("serde_json 1."), "{krate}");
     let report = snapshot.report(GroupBy::Line, 5).to_string();
-    assert!(report.contains("via serde_json"), "{report}");
+    // `via serde_json::de::from_str (serde_json 1.0.154)`; with line tables only, function
+    // names are bare (`via from_str (…)`).
+    assert!(
+        report
+            .lines()
+            .any(|l| l.trim_start().starts_with("via ") && l.contains("from_str (serde_json 1.")),
+        "{report}"
+    );
 
     // By crate: the groups add up to the total, serde_json holds the parse tree.
     let crates = snapshot.statistics(GroupBy::Crate);
