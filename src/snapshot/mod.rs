@@ -358,6 +358,9 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
     for (id, (addresses, cut_short)) in raw {
         let expanded: Vec<&SymFrame> = addresses
             .iter()
+            // The DWARF fallback ends some stacks with a return address of 0: no frame.
+            .filter(|&&ip| ip != 0)
+            .filter(|&&ip| ip != 0)
             .filter_map(|ip| symbols.get(ip))
             .flat_map(|frames: &Arc<[SymFrame]>| frames.iter())
             .collect();
@@ -426,6 +429,7 @@ pub(crate) fn traceback_of(id: StackId, traceback_limit: usize, capture_cap: usi
     let symbols = symbolize::resolve_all(&addresses);
     let frames: Vec<SymFrame> = addresses
         .iter()
+        .filter(|&&ip| ip != 0)
         .filter_map(|ip| symbols.get(ip))
         .flat_map(|f| f.iter().cloned())
         .collect();
