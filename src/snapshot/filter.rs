@@ -157,7 +157,7 @@ impl Snapshot {
 
     /// The same snapshot with every trace attributed as `attribution` says: to the program's
     /// own line (the default), or to the innermost frame outside the allocator and std,
-    /// dependencies included ([`Attribution::Innermost`], for authors profiling their own
+    /// dependencies included ([`Attribution::Innermost`](crate::Attribution::Innermost), for authors profiling their own
     /// library). Takes effect on snapshots loaded from files too; composes with
     /// [`skip_frames`](Self::skip_frames) applied after it.
     pub fn with_attribution(&self, attribution: crate::Attribution) -> Snapshot {
