@@ -242,6 +242,24 @@ fn a_program_with_dependencies_is_attributed_to_its_own_lines() {
         "{crates:?}"
     );
 
+    // Pictures keep what the dependencies do: the parse's stacks run from this file's line up
+    // through serde_json's frames (leaf last in folded stacks).
+    let folded = snapshot.folded(tracealloc::Metric::Live).unwrap();
+    assert!(
+        folded.iter().any(|line| {
+            let stack = line.rsplit_once(' ').unwrap().0;
+            let leaf = stack.rsplit(';').next().unwrap();
+            stack.contains(&format!("({FILE}:{from_str_line})")) && leaf.contains("serde_json-1.")
+        }),
+        "no folded stack from {FILE}:{from_str_line} into serde_json:\n{}",
+        folded
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
     // What grew, by crate: serde_json's tree appeared.
     let grew = snapshot.compare_to(&before, GroupBy::Crate);
     assert!(

@@ -46,19 +46,25 @@ struct Shown {
     total: Option<(u64, u64)>,
 }
 
-/// The frames an output shows: the traceback's frames without the outermost run of runtime
+/// The frames an output shows: from the innermost frame outside the allocator and std (a
+/// dependency's, when a dependency allocated: pictures show what the dependencies do, below
+/// the program's line) to the traceback's limit, without the outermost run of runtime
 /// scaffolding (std's `lang_start` and thread-spawn closures, the C `main`,
 /// `__libc_start_call_main`, `start_thread`, `clone`), so pictures start at the program's
 /// `main` or its thread's closure. A stack made only of such frames keeps its call site.
 fn shown_frames(traceback: &Traceback) -> Vec<Frame> {
     use crate::stack::origin::{of_frame, Kind};
-    let frames = traceback.frames();
+    let all = traceback.all_frames();
+    let (site, _, _) = traceback.parts();
+    let end = site + traceback.frames().len();
+    let inner = crate::stack::symbolize::call_site_of(all, crate::Attribution::Innermost).min(site);
+    let frames = &all[inner..end];
     let scaffolding = frames
         .iter()
         .rev()
         .take_while(|f| matches!(of_frame(f), Kind::Toolchain | Kind::Runtime))
         .count();
-    frames[..(frames.len() - scaffolding).max(1)].to_vec()
+    frames[..(frames.len() - scaffolding).max(site - inner + 1)].to_vec()
 }
 
 impl Snapshot {
