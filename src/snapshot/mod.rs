@@ -75,7 +75,6 @@ pub struct Snapshot {
     sample_mean: u64,
     traceback_limit: usize,
     capture_mode: CaptureMode,
-    call_sites_without_lines: usize,
 }
 
 impl Snapshot {
@@ -129,7 +128,6 @@ impl Snapshot {
             sample_mean: 0,
             traceback_limit,
             capture_mode,
-            call_sites_without_lines: 0,
         }
     }
 
@@ -174,7 +172,6 @@ impl Snapshot {
             sample_mean: self.sample_mean,
             traceback_limit: self.traceback_limit,
             capture_mode: self.capture_mode,
-            call_sites_without_lines: self.call_sites_without_lines,
         }
     }
 
@@ -262,8 +259,8 @@ impl Snapshot {
 }
 
 impl Snapshot {
-    /// Which call sites have no line, and why, when some have none.
-    pub(crate) fn lines_note(&self) -> Option<String> {
+    /// The distinct call sites of the live traces: (those without a line, how many have one).
+    fn sites_by_line(&self) -> (Vec<&Frame>, usize) {
         let mut without: Vec<&Frame> = Vec::new();
         let mut with_lines = 0usize;
         let mut seen = std::collections::HashSet::new();
@@ -278,6 +275,17 @@ impl Snapshot {
                 with_lines += 1;
             }
         }
+        (without, with_lines)
+    }
+
+    /// How many distinct call sites have no line (the count snapshot files carry).
+    pub(crate) fn call_sites_without_lines(&self) -> usize {
+        self.sites_by_line().0.len()
+    }
+
+    /// Which call sites have no line, and why, when some have none.
+    pub(crate) fn lines_note(&self) -> Option<String> {
+        let (mut without, with_lines) = self.sites_by_line();
         if without.is_empty() {
             return None;
         }
@@ -353,13 +361,11 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
     all_addresses.dedup();
     let symbols = symbolize::resolve_all(&all_addresses);
 
-    let mut call_sites_without_lines = 0;
     let mut tracebacks: HashMap<StackId, Traceback> = HashMap::with_capacity(raw.len());
     for (id, (addresses, cut_short)) in raw {
         let expanded: Vec<&SymFrame> = addresses
             .iter()
             // The DWARF fallback ends some stacks with a return address of 0: no frame.
-            .filter(|&&ip| ip != 0)
             .filter(|&&ip| ip != 0)
             .filter_map(|ip| symbols.get(ip))
             .flat_map(|frames: &Arc<[SymFrame]>| frames.iter())
@@ -367,9 +373,6 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
         let kinds: Vec<_> = expanded.iter().map(|f| f.kind).collect();
         let frames: Vec<Frame> = expanded.iter().map(|f| f.frame.clone()).collect();
         let site = symbolize::call_site(&frames, &kinds, attribution);
-        if expanded.get(site).is_some_and(|f| !f.has_line) {
-            call_sites_without_lines += 1;
-        }
         let truncated = cut_short || addresses.len() >= capture_cap;
         tracebacks.insert(id, Traceback::new(frames, site, traceback_limit, truncated));
     }
@@ -414,7 +417,6 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
         sample_mean,
         traceback_limit,
         capture_mode: capture::mode(),
-        call_sites_without_lines,
     }
 }
 

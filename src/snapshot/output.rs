@@ -53,18 +53,12 @@ struct Shown {
 /// `__libc_start_call_main`, `start_thread`, `clone`), so pictures start at the program's
 /// `main` or its thread's closure. A stack made only of such frames keeps its call site.
 fn shown_frames(traceback: &Traceback) -> Vec<Frame> {
-    use crate::stack::origin::{of_frame, Kind};
+    // `frames()` already ends before the scaffolding; only the inner end moves.
     let all = traceback.all_frames();
     let (site, _, _) = traceback.parts();
     let end = site + traceback.frames().len();
     let inner = crate::stack::symbolize::call_site_of(all, crate::Attribution::Innermost).min(site);
-    let frames = &all[inner..end];
-    let scaffolding = frames
-        .iter()
-        .rev()
-        .take_while(|f| matches!(of_frame(f), Kind::Toolchain | Kind::Runtime))
-        .count();
-    frames[..(frames.len() - scaffolding).max(site - inner + 1)].to_vec()
+    all[inner..end].to_vec()
 }
 
 impl Snapshot {

@@ -100,7 +100,7 @@ impl Snapshot {
             CaptureMode::Backtrace => 2,
             CaptureMode::UnwindTables => 3,
         });
-        body.u32(self.call_sites_without_lines as u32);
+        body.u32(self.call_sites_without_lines() as u32);
         body.u32(strings.items.len() as u32);
         for s in &strings.items {
             body.u32(s.len() as u32);
@@ -216,7 +216,8 @@ impl Snapshot {
                 ))
             }
         };
-        let call_sites_without_lines = r.u32("the count of call sites without lines")? as usize;
+        // Derived from the traces on reading; kept in the format for older readers.
+        r.u32("the count of call sites without lines")?;
 
         let n = r.count32("strings", 4)?;
         let mut strings: Vec<std::sync::Arc<str>> = Vec::with_capacity(n);
@@ -346,7 +347,6 @@ impl Snapshot {
             sample_mean,
             traceback_limit: traceback_limit as usize,
             capture_mode,
-            call_sites_without_lines,
         })
     }
 }

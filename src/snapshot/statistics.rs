@@ -218,8 +218,16 @@ struct Group {
 }
 
 impl Groups {
-    /// Adds `size` and `count` of the stack `source` to the group `key`.
-    fn add(&mut self, key: Traceback, size: usize, count: usize, source: &Traceback) {
+    /// Adds `size` and `count` of the stack `source`, whose dependency entry point is `via`
+    /// (see [`Traceback::via`]), to the group `key`.
+    fn add(
+        &mut self,
+        key: Traceback,
+        size: usize,
+        count: usize,
+        source: &Traceback,
+        via: Option<&Arc<str>>,
+    ) {
         let slot = self
             .0
             .entry(key.frames().to_vec())
@@ -230,9 +238,9 @@ impl Groups {
                 biggest: None,
                 vias: Vec::new(),
             });
-        if let Some((via, _)) = source.via() {
-            if !slot.vias.contains(&via.function) {
-                slot.vias.push(via.function.clone());
+        if let Some(via) = via {
+            if !slot.vias.contains(via) {
+                slot.vias.push(Arc::clone(via));
             }
         }
         if key.all_frames() < slot.key.all_frames() {
@@ -279,7 +287,8 @@ impl Snapshot {
     pub fn statistics(&self, group_by: GroupBy) -> Vec<Statistic> {
         let mut groups = Groups::default();
         for (traceback, size, count) in self.per_stack() {
-            groups.add(group_by.key(&traceback), size, count, &traceback);
+            let via = traceback.via_frame().map(|f| &f.function);
+            groups.add(group_by.key(&traceback), size, count, &traceback, via);
         }
         groups.sorted(group_by, self.sampled().is_some())
     }
@@ -297,6 +306,7 @@ impl Snapshot {
                 bytes as usize,
                 blocks as usize,
                 &stack.traceback,
+                stack.traceback.via_frame().map(|f| &f.function),
             );
         }
         self.has_allocation_totals()
@@ -344,8 +354,9 @@ impl Snapshot {
                 .collect();
             keys.sort_by(|a, b| a.frames().cmp(b.frames()));
             keys.dedup();
+            let via = traceback.via_frame().map(|f| &f.function);
             for key in keys {
-                groups.add(key, size, count, &traceback);
+                groups.add(key, size, count, &traceback, via);
             }
         }
         groups.sorted(group_by, self.sampled().is_some())

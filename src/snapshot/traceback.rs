@@ -221,11 +221,18 @@ impl Traceback {
     /// outermost frame of a dependency inside the call (`serde_json::de::from_str` for a
     /// `serde_json::from_str(…)` line), with its crate (`serde_json 1.0.154`).
     pub fn via(&self) -> Option<(&Frame, String)> {
-        use crate::stack::origin::{crate_of, of_frame, Kind};
-        self.machinery().iter().rev().find_map(|f| {
-            let kind = of_frame(f);
-            (kind == Kind::Dependency).then(|| (f, crate_of(f, kind).to_string()))
-        })
+        use crate::stack::origin::{crate_of, Kind};
+        self.via_frame()
+            .map(|f| (f, crate_of(f, Kind::Dependency).to_string()))
+    }
+
+    /// The frame of [`via`](Self::via), without naming its crate.
+    pub(crate) fn via_frame(&self) -> Option<&Frame> {
+        use crate::stack::origin::{of_frame, Kind};
+        self.machinery()
+            .iter()
+            .rev()
+            .find(|f| of_frame(f) == Kind::Dependency)
     }
 
     /// The crate whose code made the allocation: the innermost frame that is neither the
@@ -233,16 +240,18 @@ impl Traceback {
     /// the toolchain's own allocations.
     pub fn crate_name(&self) -> String {
         use crate::stack::origin::{crate_of, of_frame, Kind};
-        let all = &self.0.all;
-        let kinds: Vec<Kind> = all.iter().map(of_frame).collect();
         let site = self.0.call_site;
         // The call site is the program's when a dependency is inside it: the innermost of the
         // two is the crate that allocated.
-        let chosen = kinds[..=site]
+        let (frame, kind) = self.0.all[..=site]
             .iter()
-            .position(|k| matches!(k, Kind::Own | Kind::Dependency))
-            .unwrap_or(site);
-        crate_of(&all[chosen], kinds[chosen]).to_string()
+            .map(|f| (f, of_frame(f)))
+            .find(|(_, k)| matches!(k, Kind::Own | Kind::Dependency))
+            .unwrap_or_else(|| {
+                let f = &self.0.all[site];
+                (f, of_frame(f))
+            });
+        crate_of(frame, kind).to_string()
     }
 
     /// tracemalloc's `Traceback.format`: two lines a frame, `  File "f", line n, in function`

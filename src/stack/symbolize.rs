@@ -15,7 +15,6 @@ use super::origin::{classify, display_path};
 pub(crate) struct SymFrame {
     pub(crate) frame: Frame,
     pub(crate) kind: Kind,
-    pub(crate) has_line: bool,
 }
 
 type Cache = HashMap<usize, Arc<[SymFrame]>>;
@@ -89,7 +88,6 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
             None => ("<unknown>".to_owned(), "<unknown>".to_owned()),
         };
         frames.push(SymFrame {
-            has_line: &*path != "<unknown>" && lineno > 0,
             frame: Frame::with_path(filename, path, lineno, function),
             kind,
         });
@@ -99,7 +97,6 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
         frames.push(SymFrame {
             kind: classify(&function, None),
             frame: Frame::new("<unknown>".to_owned(), 0, function),
-            has_line: false,
         });
     }
     // Line 0 is code the compiler made (a drop, a moved value) that belongs to no line: it takes
@@ -113,7 +110,6 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
                 .map(|f| f.frame.lineno)
             {
                 frames[i].frame.lineno = line;
-                frames[i].has_line = true;
             }
         }
     }
@@ -229,7 +225,6 @@ mod tests {
         SymFrame {
             frame: Frame::with_path(path.to_owned(), path.to_owned(), 1, function.to_owned()),
             kind: classify(function, path_opt),
-            has_line: true,
         }
     }
 
