@@ -40,12 +40,12 @@ pub fn start(nframe: usize) -> Result<(), Error> {
     tracer::set_limit(nframe);
     if !tracer::is_on() {
         // Drop anything a racing allocation left behind when tracing stopped.
-        table::clear();
-        table::reset_totals();
-        counters::reset_dropped();
-        counters::reset_peak();
-        counters::mark_start();
-        tracer::switch_on();
+        table::clear(true, || {
+            counters::reset_dropped();
+            counters::reset_peak();
+            counters::mark_start();
+            tracer::switch_on();
+        });
     }
     Ok(())
 }
@@ -53,8 +53,7 @@ pub fn start(nframe: usize) -> Result<(), Error> {
 /// Stops tracing and forgets every trace (current and peak return to 0).
 pub fn stop() {
     if tracer::switch_off() {
-        table::clear();
-        counters::reset_peak();
+        table::clear(false, counters::reset_peak);
     }
 }
 
@@ -65,8 +64,7 @@ pub fn is_tracing() -> bool {
 
 /// Forgets every trace; current and peak become 0. Tracing goes on.
 pub fn clear_traces() {
-    table::clear();
-    counters::reset_peak();
+    table::clear(false, counters::reset_peak);
 }
 
 /// Current and peak traced memory, and totals since start.
@@ -98,16 +96,18 @@ pub fn set_sampling(mean_bytes: Option<usize>) -> Result<(), Error> {
     if mean == sample::mean() {
         return Ok(());
     }
-    let was_on = tracer::switch_off();
-    table::clear();
-    table::reset_totals();
-    counters::reset_dropped();
-    counters::reset_peak();
-    sample::set_mean(mean);
-    if was_on {
-        counters::mark_start();
-        tracer::switch_on();
-    }
+    // Every shard lock is held from the clearing to the switch: each record in the table
+    // afterwards is weighted, marked and removed under the new mean (a record in flight
+    // on another thread lands after the switch, under the new mean too), so `current` stays
+    // the sum of the live records' weights.
+    table::clear(true, || {
+        counters::reset_dropped();
+        counters::reset_peak();
+        sample::set_mean(mean);
+        if tracer::retarget() {
+            counters::mark_start();
+        }
+    });
     Ok(())
 }
 

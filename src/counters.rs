@@ -93,6 +93,13 @@ pub(crate) fn dropped_blocks() -> u64 {
     DROPPED.load(Relaxed)
 }
 
+/// Sets `current` (in the child of a `fork`, to what the table holds), raising the peak if
+/// need be.
+pub(crate) fn set_current(bytes: usize) {
+    CURRENT.0.store(bytes, Relaxed);
+    PEAK.0.fetch_max(bytes, Relaxed);
+}
+
 pub(crate) fn reset_peak() {
     PEAK.0.store(CURRENT.0.load(Relaxed), Relaxed);
 }

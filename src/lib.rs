@@ -79,8 +79,10 @@
 
 mod control;
 mod counters;
+mod deferred;
 mod environment;
 mod error;
+mod fork;
 mod format;
 mod guard;
 mod lock;

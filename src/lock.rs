@@ -1,19 +1,38 @@
-//! The shard lock of the hot path: spin briefly, then yield.
+//! The locks of the hot path: spin briefly, then yield; each knows which thread holds it.
 //!
 //! Why not `std::sync::Mutex`: its futex unlock is an atomic swap (it must learn whether to wake
 //! a waiter), so a lock/unlock pair costs two locked instructions; here unlocking is a plain
 //! release store, and an uncontended pair costs one compare-exchange. With 64 shards the lock is
 //! almost never contended. Why not `parking_lot`: see `table.rs`. This lock never allocates and
 //! never parks: a waiter spins, then calls `sched_yield`.
+//!
+//! The lock word holds the holder's thread token (the address of a thread-local), so a thread
+//! can tell that it holds a lock itself: a signal handler that frees memory while the code it
+//! interrupted holds that lock ([`SpinLock::lock_unless_mine`] returns `None` instead of
+//! spinning for ever), and the child of `fork`, whose only thread is the one that took every
+//! lock before the fork ([`SpinLock::force_unlock`]).
 
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+thread_local! {
+    // Only its address is used: unique among live threads, nonzero, and computed without a
+    // call (const-initialized, no destructor).
+    static TOKEN: u8 = const { 0 };
+}
+
+/// This thread's token: nonzero, distinct from every other live thread's.
+#[inline(always)]
+pub(crate) fn token() -> usize {
+    TOKEN.with(|t| t as *const u8 as usize)
+}
 
 /// A spin-then-yield mutual exclusion lock.
 #[derive(Debug)]
 pub(crate) struct SpinLock<T> {
-    locked: AtomicBool,
+    /// 0 when free, else the holder's [`token`].
+    holder: AtomicUsize,
     value: UnsafeCell<T>,
 }
 
@@ -23,29 +42,78 @@ unsafe impl<T: Send> Sync for SpinLock<T> {}
 impl<T> SpinLock<T> {
     pub(crate) const fn new(value: T) -> Self {
         SpinLock {
-            locked: AtomicBool::new(false),
+            holder: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
         }
     }
 
+    /// Takes the lock, waiting for another holder. On the cold paths only: if this thread
+    /// holds it already (a signal handler calling into the tracer's API), it waits for ever.
     #[inline]
     pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
+        let me = token();
         if self
-            .locked
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .holder
+            .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            self.lock_contended();
+            self.lock_contended(me, false);
         }
         SpinGuard { lock: self }
     }
 
+    /// Takes the lock, waiting for another holder; `None` when this thread holds it already
+    /// (a signal handler interrupted it while it held the lock): waiting would never end.
+    #[inline]
+    pub(crate) fn lock_unless_mine(&self) -> Option<SpinGuard<'_, T>> {
+        let me = token();
+        if self
+            .holder
+            .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+            && !self.lock_contended(me, true)
+        {
+            return None;
+        }
+        Some(SpinGuard { lock: self })
+    }
+
+    /// Whether this thread holds the lock.
+    #[inline]
+    pub(crate) fn is_mine(&self) -> bool {
+        self.holder.load(Ordering::Relaxed) == token()
+    }
+
+    /// Takes the lock and keeps it past the guard: for `fork`'s prepare handler, which
+    /// releases it in the parent and the child with [`force_unlock`](Self::force_unlock).
+    pub(crate) fn lock_and_keep(&self) {
+        std::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`lock_and_keep`](Self::lock_and_keep).
+    ///
+    /// # Safety
+    /// The calling thread holds the lock and no guard of it exists.
+    pub(crate) unsafe fn force_unlock(&self) {
+        self.holder.store(0, Ordering::Release);
+    }
+
+    /// Returns false, without the lock, when `give_up_if_mine` and this thread holds it.
     #[cold]
     #[inline(never)]
-    fn lock_contended(&self) {
+    fn lock_contended(&self, me: usize, give_up_if_mine: bool) -> bool {
         let mut spins = 0u32;
         loop {
-            while self.locked.load(Ordering::Relaxed) {
+            loop {
+                let holder = self.holder.load(Ordering::Relaxed);
+                if holder == 0 {
+                    break;
+                }
+                if holder == me && give_up_if_mine {
+                    // Only this thread stores its own token, so it cannot change under us
+                    // before the interrupted code resumes.
+                    return false;
+                }
                 if spins < 100 {
                     std::hint::spin_loop();
                     spins += 1;
@@ -55,11 +123,11 @@ impl<T> SpinLock<T> {
                 }
             }
             if self
-                .locked
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .holder
+                .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                return;
+                return true;
             }
         }
     }
@@ -92,7 +160,7 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 impl<T> Drop for SpinGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        self.lock.locked.store(false, Ordering::Release);
+        self.lock.holder.store(0, Ordering::Release);
     }
 }
 
@@ -121,5 +189,40 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(*lock.lock(), if cfg!(miri) { 400 } else { 400_000 });
+    }
+
+    #[test]
+    fn a_thread_knows_the_locks_it_holds() {
+        let lock = Arc::new(SpinLock::new(0u32));
+        let held = lock.lock();
+        assert!(lock.is_mine());
+        assert!(
+            lock.lock_unless_mine().is_none(),
+            "the holder must not wait for itself"
+        );
+        let other = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                assert!(!lock.is_mine());
+                // Waits for the main thread's release instead of giving up.
+                *lock
+                    .lock_unless_mine()
+                    .expect("another thread's lock is waited for") += 1;
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(if cfg!(miri) {
+            1
+        } else {
+            20
+        }));
+        drop(held);
+        other.join().unwrap();
+        assert!(!lock.is_mine());
+        assert_eq!(*lock.lock_unless_mine().expect("free now"), 1);
+        lock.lock_and_keep();
+        assert!(lock.is_mine());
+        // SAFETY: this thread took it with lock_and_keep; no guard exists.
+        unsafe { lock.force_unlock() };
+        assert!(lock.lock_unless_mine().is_some());
     }
 }

@@ -2,13 +2,43 @@
 //!
 //! Tables allocate from `System` directly, never through the global allocator, so growing them
 //! cannot re-enter the tracer, and their size is known exactly ([`crate::tracer_memory`]).
+//!
+//! A signal handler's allocation that interrupted this thread inside `System` on the tracer's
+//! behalf (C `malloc` holds its arena lock there and is not reentrant) gets an error instead
+//! of a second entry into `malloc`, which would wait for ever on that lock: the tracer then
+//! drops the record, as when memory runs out.
 
 use allocator_api2::alloc::{AllocError, Allocator};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 static META_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    // This thread is inside `System` for the tracer. Const-initialized, no destructor.
+    static IN_SYSTEM: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as inside `System` for the tracer until dropped; `None` when it already
+/// is (a signal handler interrupted that call).
+struct InSystem;
+
+impl InSystem {
+    fn enter() -> Option<InSystem> {
+        match IN_SYSTEM.try_with(|flag| flag.replace(true)) {
+            Ok(false) => Some(InSystem),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for InSystem {
+    fn drop(&mut self) {
+        let _ = IN_SYSTEM.try_with(|flag| flag.set(false));
+    }
+}
 
 /// Bytes currently held by the tracer's tables.
 pub(crate) fn meta_bytes() -> usize {
@@ -29,6 +59,9 @@ unsafe impl Allocator for MetaAlloc {
             let dangling = unsafe { NonNull::new_unchecked(layout.align() as *mut u8) };
             return Ok(NonNull::slice_from_raw_parts(dangling, 0));
         }
+        let Some(_inside) = InSystem::enter() else {
+            return Err(AllocError);
+        };
         // SAFETY: size is nonzero.
         let ptr = unsafe { System.alloc(layout) };
         let ptr = NonNull::new(ptr).ok_or(AllocError)?;
@@ -41,6 +74,9 @@ unsafe impl Allocator for MetaAlloc {
             return;
         }
         META_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // Never interrupted-and-reentered in practice: a handler frees tracer memory only
+        // after allocating some, which `InSystem` refuses in the interrupted state.
+        let _inside = InSystem::enter();
         // SAFETY: the caller guarantees `ptr` came from `allocate` with this layout, i.e. from
         // `System.alloc(layout)`.
         unsafe { System.dealloc(ptr.as_ptr(), layout) }

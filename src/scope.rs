@@ -21,7 +21,7 @@ use crate::table::Entry;
 use hashbrown::HashMap;
 use rustc_hash::FxBuildHasher;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 thread_local! {
     // The scope of this thread's allocations; 0 = none. Const-initialized, no destructor.
@@ -152,8 +152,37 @@ type Registry = HashMap<u32, ScopeData, FxBuildHasher, MetaAlloc>;
 static REGISTRY: SpinLock<Registry> =
     SpinLock::new(HashMap::with_hasher_in(FxBuildHasher, MetaAlloc));
 
+/// Whether this thread holds the registry's lock: a signal handler that interrupted the
+/// scopes' bookkeeping must not wait for it (see `table::remove` and `tracer::record`).
+#[inline]
+pub(crate) fn registry_is_mine() -> bool {
+    REGISTRY.is_mine()
+}
+
+/// `fork`'s prepare handler: takes the registry's lock (see `fork.rs`).
+pub(crate) fn lock_for_fork() {
+    REGISTRY.lock_and_keep();
+}
+
+/// Releases what [`lock_for_fork`] took, in the parent or the child.
+pub(crate) fn unlock_after_fork() {
+    // SAFETY: `lock_for_fork` took the lock on this thread and kept no guard.
+    unsafe { REGISTRY.force_unlock() };
+}
+
+/// Scope updates skipped because this thread held the registry (a signal handler whose
+/// allocation replaced a stale record made in a scope): never otherwise.
+static SKIPPED: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn skipped_updates() -> u64 {
+    SKIPPED.load(Ordering::Relaxed)
+}
+
 fn walk(id: u32, mut f: impl FnMut(&mut ScopeData)) {
-    let mut registry = REGISTRY.lock();
+    let Some(mut registry) = REGISTRY.lock_unless_mine() else {
+        SKIPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
     let mut id = id;
     // The chain is finite (parents are created before children); bound it anyway.
     for _ in 0..1024 {

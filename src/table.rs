@@ -74,6 +74,10 @@ struct Shard {
     /// Bytes and blocks recorded in this shard since the totals were last reset.
     allocated_bytes: u64,
     allocated_blocks: u64,
+    /// Bytes (weights, when sampling) of the records in `live`: what this shard counts for in
+    /// `current`. The child of a `fork` sets `current` to their sum (a thread that does not
+    /// exist there may have been between a `realloc`'s removal and its insertion).
+    held: u64,
 }
 
 impl Shard {
@@ -85,6 +89,7 @@ impl Shard {
             released: HashTable::new_in(MetaAlloc),
             allocated_bytes: 0,
             allocated_blocks: 0,
+            held: 0,
         }
     }
 
@@ -247,6 +252,7 @@ fn spread(address: usize) -> u64 {
     (address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The shard of `address`, locked, and the address's hash within it (cold paths).
 #[inline]
 fn locate(address: usize) -> (SpinGuard<'static, Shard>, u64) {
     let h = spread(address);
@@ -254,6 +260,22 @@ fn locate(address: usize) -> (SpinGuard<'static, Shard>, u64) {
         lock(&SHARDS_TABLE[(h >> (64 - SHARD_BITS)) as usize]),
         inner_hash(h),
     )
+}
+
+/// This thread holds the lock that an operation needs: it is a signal handler that interrupted
+/// the tracer (or a `fork` in progress). The operation must not wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Busy;
+
+/// [`locate`] for the hot path: `Err(Busy)` instead of waiting for this thread itself.
+#[inline(always)]
+fn locate_unless_mine(address: usize) -> Result<(SpinGuard<'static, Shard>, u64), Busy> {
+    let h = spread(address);
+    let shard = SHARDS_TABLE[(h >> (64 - SHARD_BITS)) as usize]
+        .0
+        .lock_unless_mine()
+        .ok_or(Busy)?;
+    Ok((shard, inner_hash(h)))
 }
 
 #[inline]
@@ -272,8 +294,14 @@ fn rehash(s: &Slot) -> u64 {
     address_hash(s.address)
 }
 
-/// Records a live block. Returns `Err(())`, recording nothing, when the table could not grow;
-/// `Ok(Some(stale))` when it replaced a record whose free was never seen.
+/// Records a live block. Returns `Err(())`, recording nothing, when the table could not grow
+/// or this thread holds the shard's lock already (a signal handler); `Ok(Some(stale))` when it
+/// replaced a record whose free was never seen.
+///
+/// The block's weight, and whether it is marked as possibly recorded for sampling's frees, are
+/// decided here under the shard lock, with the sampling mean in force: a switch of the mean
+/// happens with every shard lock held (see [`clear`]), so a record's weight at removal is the
+/// one it was added with.
 #[inline]
 pub(crate) fn insert(
     address: usize,
@@ -282,7 +310,7 @@ pub(crate) fn insert(
     scope: u32,
     credit: usize,
 ) -> Result<Option<Entry>, ()> {
-    let (mut shard, h) = locate(address);
+    let (mut shard, h) = locate_unless_mine(address).map_err(|_| ())?;
     let shard = &mut *shard;
     // Room first (a no-op unless the table is full), so that one probe both looks for a stale
     // record and finds the free bucket, and growth failure is an error rather than an abort.
@@ -310,6 +338,10 @@ pub(crate) fn insert(
     };
     shard.allocated_bytes += weight.bytes;
     shard.allocated_blocks += weight.blocks;
+    shard.held += weight.bytes;
+    if sample::mean() != 0 {
+        sample::mark(address);
+    }
     let Some(stale) = stale else {
         counters::replaced(credit, weight.bytes as usize);
         return Ok(None);
@@ -319,6 +351,10 @@ pub(crate) fn insert(
     let old = shard.unpack_and_forget(&stale, h);
     let old_weight = sample::weight(old.size);
     counters::removed(old_weight.bytes as usize);
+    shard.held -= old_weight.bytes;
+    if sample::mean() != 0 {
+        sample::unmark(address);
+    }
     shard.release(old.stack, old_weight, true);
     let Ok(slot) = shard.pack(address, size, stack, scope, h) else {
         if let Ok(e) = shard.live.find_entry(h, |s| s.address == address) {
@@ -326,6 +362,10 @@ pub(crate) fn insert(
         }
         shard.allocated_bytes -= weight.bytes;
         shard.allocated_blocks -= weight.blocks;
+        shard.held -= weight.bytes;
+        if sample::mean() != 0 {
+            sample::unmark(address);
+        }
         return Err(());
     };
     if let Some(s) = shard.live.find_mut(h, |s| s.address == address) {
@@ -335,30 +375,47 @@ pub(crate) fn insert(
     Ok(Some(old))
 }
 
-/// Puts back the record of a block whose `realloc` failed, taken by
-/// [`remove`]`(address, false)`: `current` never saw it go.
-pub(crate) fn restore(entry: Entry) {
-    let (mut shard, h) = locate(entry.address);
-    if shard.live.try_reserve(1, rehash).is_ok() {
-        if let Ok(slot) = shard.pack(entry.address, entry.size, entry.stack, entry.scope, h) {
-            shard.live.insert_unique(h, slot, rehash);
-            let weight = sample::weight(entry.size);
-            shard.release(entry.stack, weight, false);
-        }
+/// Puts back the record of a block whose `realloc` failed (or whose free must wait), taken by
+/// [`remove`]`(address, false)`: `current` never saw it go. `false` when it could not be put
+/// back (no room, or this thread holds the lock): the caller takes its bytes out of `current`.
+pub(crate) fn restore(entry: Entry) -> bool {
+    let Ok((mut shard, h)) = locate_unless_mine(entry.address) else {
+        return false;
+    };
+    if shard.live.try_reserve(1, rehash).is_err() {
+        return false;
     }
+    let Ok(slot) = shard.pack(entry.address, entry.size, entry.stack, entry.scope, h) else {
+        return false;
+    };
+    shard.live.insert_unique(h, slot, rehash);
+    let weight = sample::weight(entry.size);
+    shard.held += weight.bytes;
+    shard.release(entry.stack, weight, false);
+    if sample::mean() != 0 {
+        sample::mark(entry.address);
+    }
+    true
 }
 
 /// Removes the record of `address`; returns it with the bytes it counted for in `current`.
 /// With `count` false, `current` is left to the caller: a `realloc` subtracts the old block in
 /// the same operation that adds the new one (see [`counters::replaced`]).
+///
+/// `Err(Busy)`, removing nothing, when this thread holds a lock the removal needs: the shard's
+/// (a signal handler interrupted this thread inside the table) or, for a block made in a
+/// measurement scope, the scope registry's (inside the scopes' bookkeeping), which the caller
+/// takes next.
 #[inline(always)]
-pub(crate) fn remove(address: usize, count: bool) -> Option<(Entry, usize)> {
-    let (mut shard, h) = locate(address);
-    let (slot, _) = shard
-        .live
-        .find_entry(h, |s| s.address == address)
-        .ok()?
-        .remove();
+pub(crate) fn remove(address: usize, count: bool) -> Result<Option<(Entry, usize)>, Busy> {
+    let (mut shard, h) = locate_unless_mine(address)?;
+    let Ok(found) = shard.live.find_entry(h, |s| s.address == address) else {
+        return Ok(None);
+    };
+    if found.get().stack & SCOPED != 0 && crate::scope::registry_is_mine() {
+        return Err(Busy);
+    }
+    let (slot, _) = found.remove();
     let entry = if slot.size == BIG || slot.stack & SCOPED != 0 {
         shard.unpack_and_forget(&slot, h)
     } else {
@@ -371,10 +428,14 @@ pub(crate) fn remove(address: usize, count: bool) -> Option<(Entry, usize)> {
     };
     let weight = sample::weight(entry.size);
     shard.release(entry.stack, weight, true);
+    shard.held -= weight.bytes;
+    if sample::mean() != 0 {
+        sample::unmark(address);
+    }
     if count {
         counters::removed(weight.bytes as usize);
     }
-    Some((entry, weight.bytes as usize))
+    Ok(Some((entry, weight.bytes as usize)))
 }
 
 pub(crate) fn get(address: usize) -> Option<Entry> {
@@ -437,29 +498,47 @@ fn lock(shard: &Padded<SpinLock<Shard>>) -> SpinGuard<'_, Shard> {
     shard.0.lock()
 }
 
-/// Empties the table, releasing its memory, and subtracts what it held from `current`.
-pub(crate) fn clear() {
-    for shard in &SHARDS_TABLE {
-        let mut shard = lock(shard);
+/// Empties the table, releasing its memory, and subtracts what it held from `current`; with
+/// `reset_totals`, also forgets the allocation totals (else the cleared blocks count as
+/// released). `then` runs before any shard is unlocked: every shard lock is held from the first
+/// record cleared to the end of `then`, so a switch made there (the sampling mean, the
+/// tracer's status) separates the records cleanly: each one in the table afterwards was
+/// inserted, and will be removed, under the new setting.
+///
+/// A thread holds at most one shard lock anywhere else, so taking all 64 in order cannot
+/// deadlock; nothing here frees through the global allocator (the tables go to `System`).
+pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
+    let mut shards: [SpinGuard<'static, Shard>; SHARDS] =
+        std::array::from_fn(|i| lock(&SHARDS_TABLE[i]));
+    let mut held = 0u64;
+    for shard in &mut shards {
+        let shard = &mut **shard;
         let live = std::mem::replace(&mut shard.live, HashTable::new_in(MetaAlloc));
-        let mut held = 0;
-        for slot in &live {
-            let e = shard.unpack(slot, address_hash(slot.address));
-            let weight = sample::weight(e.size);
-            held += weight.bytes as usize;
-            shard.release(e.stack, weight, true);
+        if reset_totals {
+            shard.allocated_bytes = 0;
+            shard.allocated_blocks = 0;
+            shard.released = HashTable::new_in(MetaAlloc);
+        } else {
+            for slot in &live {
+                let e = shard.unpack(slot, address_hash(slot.address));
+                shard.release(e.stack, sample::weight(e.size), true);
+            }
         }
-        // Freeing these under the lock is safe: they go to `System`, never to the tracer.
+        held += shard.held;
+        shard.held = 0;
+        // Freed under the lock: these go to `System`, never to the tracer.
         drop(live);
         shard.scoped = HashTable::new_in(MetaAlloc);
         shard.big = HashTable::new_in(MetaAlloc);
-        counters::removed(held);
     }
+    counters::removed(held as usize);
     sample::clear_marks();
+    then();
+    drop(shards);
 }
 
-/// Bytes and blocks allocated since the last `reset_totals`, summed over the shards.
-/// Bytes and blocks recorded since the totals were reset (estimates while sampling).
+/// Bytes and blocks recorded since the totals were reset (estimates while sampling), summed
+/// over the shards.
 pub(crate) fn totals() -> (u64, u64) {
     let (bytes, blocks) = SHARDS_TABLE.iter().fold((0, 0), |(bytes, blocks), shard| {
         let shard = lock(shard);
@@ -478,12 +557,26 @@ pub(crate) fn totals() -> (u64, u64) {
     }
 }
 
-pub(crate) fn reset_totals() {
+/// `fork`'s prepare handler: takes every shard lock, so that no thread is inside the table
+/// when the address space is copied. [`unlock_after_fork`] releases them in both processes.
+pub(crate) fn lock_for_fork() {
     for shard in &SHARDS_TABLE {
-        let mut shard = lock(shard);
-        shard.allocated_bytes = 0;
-        shard.allocated_blocks = 0;
-        shard.released = HashTable::new_in(MetaAlloc);
+        shard.0.lock_and_keep();
+    }
+}
+
+/// Releases what [`lock_for_fork`] took; in the child, also sets `current` to what the table
+/// holds (an operation of a thread the child does not have may have been between its two
+/// steps).
+pub(crate) fn unlock_after_fork(child: bool) {
+    for shard in SHARDS_TABLE.iter().rev() {
+        // SAFETY: this thread took every shard lock in `lock_for_fork` (the child's only
+        // thread is the one that forked), and no guard of them exists.
+        unsafe { shard.0.force_unlock() };
+    }
+    if child {
+        let held: u64 = SHARDS_TABLE.iter().map(|shard| lock(shard).held).sum();
+        counters::set_current(held as usize);
     }
 }
 
@@ -496,7 +589,7 @@ mod tests {
     /// lookups (the only unit test that touches the global table and counters).
     #[test]
     fn behaves_like_a_hash_map() {
-        reset_totals();
+        clear(true, || {});
         // address → (size, stack, scope); sizes of 4 GiB and more and scoped blocks take the
         // side tables.
         let mut model: HashMap<usize, (usize, StackId, u32)> = HashMap::new();
@@ -523,7 +616,9 @@ mod tests {
                     assert_eq!(stale.map(|e| (e.size, e.stack, e.scope)), before);
                 }
                 2 => {
-                    let removed = remove(address, true).map(|(e, _)| (e.size, e.stack, e.scope));
+                    let removed = remove(address, true)
+                        .expect("not busy")
+                        .map(|(e, _)| (e.size, e.stack, e.scope));
                     assert_eq!(removed, model.remove(&address));
                 }
                 _ => {
@@ -545,7 +640,9 @@ mod tests {
         for e in &copy {
             assert_eq!(model.get(&e.address), Some(&(e.size, e.stack, e.scope)));
         }
-        clear();
+        let held_in_shards: u64 = SHARDS_TABLE.iter().map(|s| lock(s).held).sum();
+        assert_eq!(held_in_shards, held as u64, "the shards' held bytes");
+        clear(false, || {});
         assert_eq!(counters::current(), base);
         assert!(get(0x10_0000).is_none());
     }

@@ -147,8 +147,13 @@ impl fmt::Display for Measurement {
             size(self.retained)
         )?;
         if self.lost > 0 {
-            // Only when the tracer ran out of memory for its own site table.
-            write!(f, " ({} site updates lost: out of memory)", self.lost)?;
+            // Only when the tracer ran out of memory for its own site table, or a signal
+            // handler's allocation could not wait for the scopes' lock.
+            write!(
+                f,
+                " ({} site updates lost: out of memory, or in a signal handler)",
+                self.lost
+            )?;
         }
         if !self.at_peak.is_empty() {
             writeln!(f)?;
@@ -240,11 +245,14 @@ pub fn try_measure<R>(f: impl FnOnce() -> R) -> Result<(R, Measurement), Error> 
         id,
         previous: scope::set_current(id),
     };
+    let skipped_before = scope::skipped_updates();
     let result = f();
     scope::set_current(leave.previous);
     let measurement = {
         let _guard = Guard::enter();
-        let figures = scope::figures(id).unwrap_or_default();
+        let mut figures = scope::figures(id).unwrap_or_default();
+        // Updates a signal handler had to skip (any scope's: they cannot be told apart).
+        figures.lost += scope::skipped_updates() - skipped_before;
         Measurement::from_figures(figures)
     };
     drop(leave);

@@ -7,8 +7,14 @@
 //!
 //! Records are inserted after the inner allocator returns and removed before the inner free,
 //! so no other thread can be handed an address that still has a record.
+//!
+//! Signal handlers: a handler's allocation while the interrupted code is inside `record` is not
+//! traced (the reentrancy guard); a free or `realloc` that needs a lock its own thread holds
+//! (it interrupted the table or the scopes' bookkeeping) does not wait for it: the free is
+//! queued and completed by a later free (`deferred.rs`), the `realloc` moves the block.
 
 use crate::counters;
+use crate::deferred::{self, Pending};
 use crate::guard::Guard;
 use crate::scope;
 use crate::stack::{capture, intern};
@@ -139,7 +145,7 @@ impl<A> Tracer<A> {
                 return false;
             }
         }
-        (status == ON || status == SAMPLED) && record(ptr as usize, size, status == SAMPLED, credit)
+        (status == ON || status == SAMPLED) && record(ptr as usize, size, credit)
     }
 
     /// The out-of-line part of `dealloc`, reached only while tracing.
@@ -151,15 +157,49 @@ impl<A> Tracer<A> {
     where
         A: GlobalAlloc,
     {
-        forget(ptr as usize, true);
+        if forget(ptr as usize, true).is_err() {
+            // A signal handler freeing while its thread holds the lock: later.
+            defer(ptr, layout);
+            return;
+        }
         // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`.
-        unsafe { self.inner.dealloc(ptr, layout) }
+        unsafe { self.inner.dealloc(ptr, layout) };
+        if deferred::any() {
+            self.complete_deferred();
+        }
+    }
+
+    /// Completes frees that a signal handler could not do (at most the queue's length).
+    #[cold]
+    #[inline(never)]
+    fn complete_deferred(&self)
+    where
+        A: GlobalAlloc,
+    {
+        while let Some(p) = deferred::pop() {
+            if forget(p.ptr, true).is_err() {
+                // Still inside the interrupted code (a handler freeing again): next time.
+                let _ = deferred::push(p);
+                return;
+            }
+            // SAFETY: `defer` queued the pointer and layout of a `dealloc` call, whose
+            // contract (allocated here with this layout) the caller upheld; it is freed once.
+            unsafe {
+                self.inner.dealloc(
+                    p.ptr as *mut u8,
+                    Layout::from_size_align_unchecked(p.size, p.align),
+                )
+            };
+        }
     }
 
     /// Runs once per process: applies this tracer's settings. Returns the status.
     #[cold]
     #[inline(never)]
     fn first_use(&self) -> u8 {
+        // Before anything is traced, so that a fork from the first traced allocation on is
+        // safe; `pthread_atfork` allocates through glibc's malloc, not through us.
+        crate::fork::register_once();
         if self.sample_mean != 0 && crate::sample::mean() == 0 {
             crate::sample::set_mean(self.sample_mean.min(crate::sample::MAX_SAMPLE_MEAN));
         }
@@ -256,19 +296,24 @@ impl<A: GlobalAlloc> Tracer<A> {
         // The old record goes before the inner realloc (once it returns, the old address may
         // be another thread's); its bytes leave `current` together with the new block's arrival.
         let old = if old_recorded {
-            forget(ptr as usize, false)
+            match forget(ptr as usize, false) {
+                Ok(old) => old,
+                // SAFETY: forwarded contract.
+                Err(table::Busy) => {
+                    return unsafe { self.realloc_by_moving(ptr, layout, new_size) }
+                }
+            }
         } else {
             None
         };
         // SAFETY: the caller upholds `realloc`'s contract for `ptr`, `layout` and `new_size`.
         let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
         if new.is_null() {
-            if let Some((old, _)) = old {
-                table::restore(old);
-                if STATUS.load(Relaxed) == SAMPLED {
-                    crate::sample::mark(old.address);
-                }
-                if old.scope != 0 {
+            if let Some((old, weight)) = old {
+                if !table::restore(old) {
+                    // Still live, but no longer traced.
+                    counters::removed(weight);
+                } else if old.scope != 0 {
                     scope::restored(old.scope, old.stack, old.size);
                 }
             }
@@ -281,6 +326,41 @@ impl<A: GlobalAlloc> Tracer<A> {
         }
         new
     }
+
+    /// `realloc` from a signal handler whose thread holds the lock of the old block's record:
+    /// a new block, the contents copied, the old block's free queued (its record goes with it).
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_by_moving(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `realloc`'s contract makes `new_size` with `layout`'s alignment a valid layout.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: `new_size` is nonzero (`realloc`'s contract).
+        let new = unsafe { self.inner.alloc(new_layout) };
+        if new.is_null() {
+            return new;
+        }
+        // SAFETY: both blocks are live, distinct, and at least this long.
+        unsafe { std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+        // Not traced if the table is what the handler interrupted (the insert is refused).
+        self.record_if_tracing(new, new_size, 0);
+        defer(ptr, layout);
+        new
+    }
+}
+
+/// Queues the free of `ptr` (see `deferred.rs`); when the queue is full the block is never
+/// freed, and stays traced: a leak rather than a hang.
+#[cold]
+#[inline(never)]
+fn defer(ptr: *mut u8, layout: Layout) {
+    let _ = deferred::push(Pending {
+        ptr: ptr as usize,
+        size: layout.size(),
+        align: layout.align(),
+    });
 }
 
 thread_local! {
@@ -296,7 +376,7 @@ thread_local! {
 /// `credit`: see [`Tracer::record_if_tracing`]; returns whether it was taken (the block was
 /// recorded).
 #[inline(never)]
-fn record(address: usize, size: usize, sampled: bool, credit: usize) -> bool {
+fn record(address: usize, size: usize, credit: usize) -> bool {
     let Some(_guard) = Guard::enter() else {
         // The tracer itself is allocating (table growth is not: it bypasses the global
         // allocator; this is symbolization, the unwinder fallback, snapshot assembly).
@@ -316,15 +396,17 @@ fn record(address: usize, size: usize, sampled: bool, credit: usize) -> bool {
     // SAFETY: `capture` initialized the first `n` slots.
     let addresses = unsafe { &*(&buf[..n] as *const [MaybeUninit<usize>] as *const [usize]) };
     let scope = scope::current_id();
+    if scope != 0 && scope::registry_is_mine() {
+        // A signal handler interrupted the scopes' bookkeeping: it cannot be updated.
+        counters::dropped();
+        return false;
+    }
     let Some(stack) = intern::intern_hashed(addresses, hash) else {
         counters::dropped();
         return false;
     };
     match table::insert(address, size, stack, scope, credit) {
         Ok(stale) => {
-            if sampled {
-                crate::sample::mark(address);
-            }
             if let Some(stale) = stale {
                 scope::freed(&stale);
             }
@@ -341,17 +423,17 @@ fn record(address: usize, size: usize, sampled: bool, credit: usize) -> bool {
 }
 
 /// Forgets a block about to be freed (or reallocated); returns its record. With `count` false
-/// its bytes stay in `current` (see [`table::remove`]).
+/// its bytes stay in `current` (see [`table::remove`]). `Err(Busy)`, forgetting nothing, when
+/// this thread holds a lock it needs (a signal handler).
 #[inline(always)]
-fn forget(address: usize, count: bool) -> Option<(table::Entry, usize)> {
-    let (entry, weight) = table::remove(address, count)?;
-    if crate::sample::mean() != 0 {
-        crate::sample::unmark(address);
-    }
+fn forget(address: usize, count: bool) -> Result<Option<(table::Entry, usize)>, table::Busy> {
+    let Some((entry, weight)) = table::remove(address, count)? else {
+        return Ok(None);
+    };
     if entry.scope != 0 {
         scope::freed(&entry);
     }
-    Some((entry, weight))
+    Ok(Some((entry, weight)))
 }
 
 pub(crate) fn is_installed() -> bool {
@@ -375,6 +457,15 @@ fn on_value() -> u8 {
 pub(crate) fn switch_on() -> bool {
     STATUS
         .compare_exchange(OFF, on_value(), Relaxed, Relaxed)
+        .is_ok()
+}
+
+/// Tracing exactly ↔ sampling, after the sampling mean changed; false when not tracing.
+pub(crate) fn retarget() -> bool {
+    let wanted = on_value();
+    STATUS
+        .compare_exchange(ON, wanted, Relaxed, Relaxed)
+        .or_else(|_| STATUS.compare_exchange(SAMPLED, wanted, Relaxed, Relaxed))
         .is_ok()
 }
 

@@ -6,14 +6,17 @@
 //! addresses. Ids are never reused and the table is never emptied, so cached ids stay valid for
 //! the life of the process.
 //!
-//! Locks: each shard's `Mutex` is a leaf lock; nothing else is locked and nothing allocates
-//! through the global allocator while it is held (storage comes from [`MetaAlloc`]).
+//! Locks: each shard's lock is a leaf lock; nothing else is locked and nothing allocates
+//! through the global allocator while it is held (storage comes from [`MetaAlloc`]). They are
+//! the crate's spin locks rather than `std::sync::Mutex` so that `fork`'s prepare handler can
+//! hold them across the fork and release them in the child (a `Mutex` guard cannot outlive
+//! the handler); they are taken only when a stack misses the per-thread cache.
 
+use crate::lock::SpinLock;
 use crate::meta::{MetaAlloc, Padded};
 use allocator_api2::vec::Vec as MetaVec;
 use hashbrown::HashTable;
 use std::cell::Cell;
-use std::sync::Mutex;
 
 /// Identifies an interned stack.
 pub(crate) type StackId = u32;
@@ -55,7 +58,23 @@ impl Shard {
     }
 }
 
-static TABLE: [Padded<Mutex<Shard>>; SHARDS] = [const { Padded(Mutex::new(Shard::new())) }; SHARDS];
+static TABLE: [Padded<SpinLock<Shard>>; SHARDS] =
+    [const { Padded(SpinLock::new(Shard::new())) }; SHARDS];
+
+/// `fork`'s prepare handler: takes every shard lock (see `table::lock_for_fork`).
+pub(crate) fn lock_for_fork() {
+    for shard in &TABLE {
+        shard.0.lock_and_keep();
+    }
+}
+
+/// Releases what [`lock_for_fork`] took, in the parent or the child.
+pub(crate) fn unlock_after_fork() {
+    for shard in TABLE.iter().rev() {
+        // SAFETY: this thread took every shard lock in `lock_for_fork` and holds no guard.
+        unsafe { shard.0.force_unlock() };
+    }
+}
 
 /// Hashes a list of addresses: one multiply per address (as rustc-hash's Fx), so that the
 /// frame-pointer walk can compute it on the fly ([`hash_step`] per address, then
@@ -133,10 +152,7 @@ pub(crate) fn intern_hashed(addresses: &[usize], hash: u64) -> Option<StackId> {
 #[inline(never)]
 fn intern_shared(addresses: &[usize], hash: u64) -> Option<StackId> {
     let shard_index = (hash >> (64 - SHARD_BITS)) as usize;
-    let mut shard = TABLE[shard_index]
-        .0
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut shard = TABLE[shard_index].0.lock();
     let shard = &mut *shard;
     let found = shard.index.find(hash, |&local| {
         shard
@@ -180,10 +196,7 @@ fn make_id(shard: usize, local: u32) -> StackId {
 /// Appends the addresses of stack `id` to `out` (nothing for an unknown id).
 pub(crate) fn addresses(id: StackId, out: &mut Vec<usize>) {
     let shard_index = (id as usize) & (SHARDS - 1);
-    let shard = TABLE[shard_index]
-        .0
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let shard = TABLE[shard_index].0.lock();
     out.extend_from_slice(shard.addresses_of(id >> SHARD_BITS));
 }
 
