@@ -1,6 +1,6 @@
 //! Grouping traces into statistics, and the top-N report.
 
-use super::{Frame, Snapshot, Traceback};
+use super::{ByShown, Frame, Identity, Snapshot, Traceback};
 use crate::format::format_size;
 use std::collections::HashMap;
 use std::fmt;
@@ -205,7 +205,7 @@ fn crate_key(name: String) -> Traceback {
 /// trimmed allocator frames are one group, represented by the smallest of them (so the result
 /// does not depend on hash order).
 #[derive(Default)]
-struct Groups(HashMap<Vec<Frame>, Group>);
+struct Groups(HashMap<ByShown, Group>);
 
 struct Group {
     key: Traceback,
@@ -228,27 +228,24 @@ impl Groups {
         source: &Traceback,
         via: Option<&Arc<str>>,
     ) {
-        let slot = self
-            .0
-            .entry(key.frames().to_vec())
-            .or_insert_with(|| Group {
-                key: key.clone(),
-                size: 0,
-                count: 0,
-                biggest: None,
-                vias: Vec::new(),
-            });
+        let slot = self.0.entry(ByShown(key.clone())).or_insert_with(|| Group {
+            key: key.clone(),
+            size: 0,
+            count: 0,
+            biggest: None,
+            vias: Vec::new(),
+        });
         if let Some(via) = via {
             if !slot.vias.contains(via) {
                 slot.vias.push(Arc::clone(via));
             }
         }
-        if key.all_frames() < slot.key.all_frames() {
+        if key.all() < slot.key.all() {
             slot.key = key;
         }
         let bigger = match &slot.biggest {
             None => true,
-            Some((t, s)) => size > *s || (size == *s && source.all_frames() < t.all_frames()),
+            Some((t, s)) => size > *s || (size == *s && source.all() < t.all()),
         };
         if bigger {
             slot.biggest = Some((source.clone(), size));
@@ -276,7 +273,7 @@ impl Groups {
         stats.sort_by(|a, b| {
             (b.size, b.count)
                 .cmp(&(a.size, a.count))
-                .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+                .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
         });
         stats
     }
@@ -317,10 +314,10 @@ impl Snapshot {
     /// stacks), so this is the cheap first step of every grouping.
     pub(crate) fn per_stack(&self) -> impl Iterator<Item = (Traceback, usize, usize)> {
         let mean = self.sample_mean;
-        let mut by_stack: HashMap<*const Frame, (Traceback, f64, f64)> = HashMap::new();
+        let mut by_stack: HashMap<Identity, (Traceback, f64, f64)> = HashMap::new();
         for trace in self.traces() {
             let slot = by_stack
-                .entry(trace.traceback.frames().as_ptr())
+                .entry(trace.traceback.identity())
                 .or_insert_with(|| (trace.traceback.clone(), 0.0, 0.0));
             if mean == 0 {
                 slot.1 += trace.size as f64;
@@ -348,11 +345,11 @@ impl Snapshot {
         let mut groups = Groups::default();
         for (traceback, size, count) in self.per_stack() {
             let mut keys: Vec<Traceback> = traceback
-                .frames()
+                .shown()
                 .iter()
                 .map(|frame| group_by.key_of_frame(frame))
                 .collect();
-            keys.sort_by(|a, b| a.frames().cmp(b.frames()));
+            keys.sort_by(|a, b| a.shown().cmp(&b.shown()));
             keys.dedup();
             let via = traceback.via_frame().map(|f| &f.function);
             for key in keys {

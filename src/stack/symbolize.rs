@@ -4,7 +4,7 @@
 //! so the line is the call's line, not the next one. An address inside inlined code expands
 //! into several frames, innermost first.
 
-use crate::snapshot::{Attribution, Frame};
+use crate::snapshot::{Attribution, Frame, Seq};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -161,7 +161,7 @@ fn normalize(path: &str) -> String {
 /// entry is the end of the first run of tracealloc / `GlobalAlloc` / shim frames. Names are not
 /// enough to find it: inlined frames carry short names, and in optimized builds without frame
 /// pointers the shim may leave no frame at all.
-pub(crate) fn call_site(frames: &[Frame], kinds: &[Kind], attribution: Attribution) -> usize {
+pub(crate) fn call_site(frames: Seq<'_>, kinds: &[Kind], attribution: Attribution) -> usize {
     debug_assert_eq!(frames.len(), kinds.len());
     let is_machinery = |k: &Kind| matches!(k, Kind::Internal | Kind::TracerEntry | Kind::Shim);
     let skip_from = match kinds.iter().position(is_machinery) {
@@ -188,7 +188,7 @@ pub(crate) fn call_site(frames: &[Frame], kinds: &[Kind], attribution: Attributi
         return i + skip_from;
     }
     let generic = |i: usize| {
-        let path = &frames[skip_from + i].path;
+        let path = &frames.get(skip_from + i).path;
         path.contains("/library/alloc/") || path.contains("/library/core/")
     };
     (0..past.len())
@@ -199,7 +199,7 @@ pub(crate) fn call_site(frames: &[Frame], kinds: &[Kind], attribution: Attributi
 
 /// [`call_site`] of a traceback's frames, classifying them anew (a loaded snapshot, a switch
 /// of attribution).
-pub(crate) fn call_site_of(frames: &[Frame], attribution: Attribution) -> usize {
+pub(crate) fn call_site_of(frames: Seq<'_>, attribution: Attribution) -> usize {
     let kinds: Vec<Kind> = frames.iter().map(super::origin::of_frame).collect();
     call_site(frames, &kinds, attribution)
 }
@@ -285,7 +285,7 @@ mod tests {
 
     fn site(frames: &[SymFrame]) -> usize {
         let (frames, kinds) = split(frames);
-        call_site(&frames, &kinds, Attribution::OwnCode)
+        call_site(Seq::Slice(&frames), &kinds, Attribution::OwnCode)
     }
 
     #[test]
@@ -347,7 +347,10 @@ mod tests {
         ];
         assert_eq!(site(&through_a_dependency), 4);
         let (frames, kinds) = split(&through_a_dependency);
-        assert_eq!(call_site(&frames, &kinds, Attribution::Innermost), 2);
+        assert_eq!(
+            call_site(Seq::Slice(&frames), &kinds, Attribution::Innermost),
+            2
+        );
         let pool_thread = [
             f("__rust_alloc", "src/main.rs"),
             f(
