@@ -162,18 +162,22 @@ impl GroupBy {
 }
 
 /// `collect<rayon::iter::Map<…>, Vec<…>>` → `collect`: a function's name without its generic
-/// arguments (`<A as B>::f` keeps its qualified form), for the short `via` lines.
+/// arguments (`<A as B>::f` keeps its qualified form), for the short `via` lines. v0 mangling's
+/// names (nightly's default) write them `from_str::<T>` and may hold function types
+/// (`fn() -> u8`), whose `>` closes nothing.
 fn without_generics(function: &str) -> String {
     let mut out = String::with_capacity(function.len());
     let mut depth = 0usize;
     let mut rest = function;
+    // Whether the `>` at byte `i` closes an angle bracket (not the arrow of `->`).
+    let closes = |i: usize| i == 0 || function.as_bytes()[i - 1] != b'-';
     // A leading `<A as B>` is the qualified path, not generic arguments: keep it.
     if function.starts_with('<') {
         let mut d = 0usize;
         for (i, c) in function.char_indices() {
             match c {
                 '<' => d += 1,
-                '>' => {
+                '>' if closes(i) => {
                     d -= 1;
                     if d == 0 {
                         out.push_str(&function[..=i]);
@@ -185,10 +189,11 @@ fn without_generics(function: &str) -> String {
             }
         }
     }
-    for c in rest.chars() {
+    let offset = function.len() - rest.len();
+    for (i, c) in rest.char_indices() {
         match c {
             '<' => depth += 1,
-            '>' if depth > 0 => depth -= 1,
+            '>' if depth > 0 && closes(offset + i) => depth -= 1,
             _ if depth == 0 => out.push(c),
             _ => {}
         }
@@ -529,6 +534,36 @@ mod tests {
         assert_eq!(
             without_generics("serde_json::de::from_str::<T>"),
             "serde_json::de::from_str"
+        );
+    }
+
+    /// Names as v0 mangling (nightly's default) prints them: generic arguments instantiated,
+    /// function types, closures numbered.
+    #[test]
+    fn via_names_lose_generic_arguments_in_v0_names() {
+        assert_eq!(
+            without_generics("serde_json::de::from_str::<alloc::vec::Vec<app::Record>>"),
+            "serde_json::de::from_str"
+        );
+        assert_eq!(
+            without_generics(
+                "<&mut serde_json::de::Deserializer<serde_json::read::StrRead> as serde_core::de::Deserializer>::deserialize_struct::<<app::Record as serde_core::de::Deserialize>::deserialize::__Visitor>"
+            ),
+            "<&mut serde_json::de::Deserializer<serde_json::read::StrRead> as serde_core::de::Deserializer>::deserialize_struct"
+        );
+        assert_eq!(
+            without_generics(
+                "rayon::iter::plumbing::bridge::<fn(u64) -> u64, alloc::vec::Vec<u8>>::{closure#0}"
+            ),
+            "rayon::iter::plumbing::bridge::{closure#0}"
+        );
+        assert_eq!(
+            without_generics("<fn() -> core::result::Result<(), alloc::string::String> as core::ops::function::FnOnce<()>>::call_once::{shim:vtable#0}"),
+            "<fn() -> core::result::Result<(), alloc::string::String> as core::ops::function::FnOnce<()>>::call_once::{shim:vtable#0}"
+        );
+        assert_eq!(
+            without_generics("regex_automata::meta::Regex::new::<3>"),
+            "regex_automata::meta::Regex::new"
         );
     }
 

@@ -800,6 +800,38 @@ mod tests {
         assert!(a.0.all() < c.0.all());
     }
 
+    /// The runtime's start-up frames below `main`, named as v0 mangling names them, in a build
+    /// without debug info (the names alone decide): they take no room in the limit.
+    #[test]
+    fn start_up_frames_in_v0_names_are_scaffolding() {
+        let bare = |name: &str| Frame::new("<unknown>".into(), 0, name.into());
+        let frames = vec![
+            bare("app::build"),
+            bare("app::main"),
+            bare("<fn() as core::ops::function::FnOnce<()>>::call_once"),
+            bare("std::sys::backtrace::__rust_begin_short_backtrace::<fn(), ()>"),
+            bare("std::rt::lang_start::<()>::{closure#0}"),
+            bare("std::rt::lang_start_internal"),
+            bare("std::rt::lang_start::<()>"),
+            bare("main"),
+            bare("__libc_start_call_main"),
+            bare("_start"),
+        ];
+        let t = Traceback::new(frames, 0, 16, false);
+        assert_eq!(t.total_nframe(), 2);
+        assert_eq!(t.frames().len(), 2);
+        let thread = vec![
+            bare("app::work::{closure#0}"),
+            bare("<app::work::{closure#0} as core::ops::function::FnOnce<()>>::call_once"),
+            bare("std::thread::lifecycle::spawn_unchecked::<app::work::{closure#0}, ()>::{closure#1}::{closure#0}"),
+            bare("<std::thread::lifecycle::spawn_unchecked<app::work::{closure#0}, ()>::{closure#1} as core::ops::function::FnOnce<()>>::call_once::{shim:vtable#0}"),
+            bare("<std::sys::thread::unix::Thread>::new::thread_start"),
+            bare("start_thread"),
+            bare("clone3"),
+        ];
+        assert_eq!(Traceback::new(thread, 0, 16, false).total_nframe(), 1);
+    }
+
     #[test]
     fn seq_iterates_both_ways() {
         let table = [frame("a", 1), frame("b", 2), frame("c", 3)];
