@@ -202,7 +202,7 @@ fn write_site(f: &mut fmt::Formatter<'_>, head: &str, traceback: &Traceback) -> 
 /// Up to two callers of the call site in the program's own code.
 fn callers(traceback: &Traceback) -> impl Iterator<Item = &Frame> {
     traceback
-        .frames()
+        .shown()
         .iter()
         .skip(1)
         .filter(|f| origin::of_frame(f) == origin::Kind::Own)
@@ -292,7 +292,7 @@ impl Measurement {
             sites.sort_by(|a, b| {
                 (b.size, b.blocks)
                     .cmp(&(a.size, a.blocks))
-                    .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+                    .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
             });
             sites.truncate(10);
             sites

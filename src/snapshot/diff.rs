@@ -1,7 +1,7 @@
 //! `compare_to`: what changed between two snapshots.
 
 use super::statistics::{approx, write_average, write_key, GroupBy};
-use super::{Snapshot, Traceback};
+use super::{ByShown, Snapshot, Traceback};
 use crate::format::format_size;
 use std::collections::HashMap;
 use std::fmt;
@@ -74,6 +74,9 @@ fn signed_difference(new: usize, old: usize) -> i64 {
     (new as i128 - old as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
+// The slices a loaded traceback makes on demand are its only interior mutability; hashing and
+// equality never read them.
+#[allow(clippy::mutable_key_type)]
 fn diff(
     new: Vec<super::Statistic>,
     old: Vec<super::Statistic>,
@@ -81,20 +84,15 @@ fn diff(
     estimated: bool,
 ) -> Vec<StatisticDiff> {
     // Keyed by the frames shown, as groups are (see `statistics`).
-    let mut old: HashMap<Vec<super::Frame>, (Traceback, usize, usize)> = old
+    let mut old: HashMap<ByShown, (Traceback, usize, usize)> = old
         .into_iter()
-        .map(|s| {
-            (
-                s.traceback.frames().to_vec(),
-                (s.traceback, s.size, s.count),
-            )
-        })
+        .map(|s| (ByShown(s.traceback.clone()), (s.traceback, s.size, s.count)))
         .collect();
     let mut diffs: Vec<StatisticDiff> = new
         .into_iter()
         .map(|s| {
             let (old_size, old_count) = old
-                .remove(s.traceback.frames())
+                .remove(&ByShown(s.traceback.clone()))
                 .map_or((0, 0), |(_, size, count)| (size, count));
             StatisticDiff {
                 size_diff: signed_difference(s.size, old_size),
@@ -130,7 +128,7 @@ fn diff(
         };
         key(b)
             .cmp(&key(a))
-            .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+            .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
     });
     diffs
 }

@@ -105,7 +105,7 @@ impl Filter {
 
     fn matches(&self, traceback: &Traceback) -> bool {
         if self.all_frames {
-            traceback.frames().iter().any(|f| self.matches_frame(f))
+            traceback.shown().iter().any(|f| self.matches_frame(f))
         } else {
             self.matches_frame(traceback.call_site())
         }
@@ -145,7 +145,8 @@ impl Snapshot {
         };
         Ok(self.map_tracebacks(|t| {
             let (call_site, _, _) = t.parts();
-            let rest = &t.all_frames()[call_site..];
+            let all = t.all();
+            let rest = all.sub(call_site..all.len());
             let outward = rest.iter().take_while(|f| skipped(f)).count();
             Some(if outward == 0 {
                 t.clone()

@@ -13,6 +13,7 @@ pub use output::Metric;
 pub(crate) use persist::write_atomically;
 pub use statistics::{GroupBy, Report, Statistic};
 pub use traceback::{Attribution, Frame, Traceback};
+pub(crate) use traceback::{ByShown, Identity, Seq, Stack, Stacks};
 
 use crate::stack::capture;
 use crate::stack::symbolize::{self, SymFrame};
@@ -138,12 +139,8 @@ impl Snapshot {
         &self,
         mut f: impl FnMut(&Traceback) -> Option<Traceback>,
     ) -> Snapshot {
-        let mut memo: HashMap<*const Frame, Option<Traceback>> = HashMap::new();
-        let mut one = |t: &Traceback| {
-            memo.entry(t.frames().as_ptr())
-                .or_insert_with(|| f(t))
-                .clone()
-        };
+        let mut memo: HashMap<Identity, Option<Traceback>> = HashMap::new();
+        let mut one = |t: &Traceback| memo.entry(t.identity()).or_insert_with(|| f(t)).clone();
         let traces = self
             .traces
             .iter()
@@ -202,12 +199,12 @@ impl Snapshot {
 
     /// Live and total figures per distinct traceback, in no particular order.
     pub(crate) fn per_stack_totals(&self) -> Vec<StackTotals> {
-        let mut by_stack: HashMap<*const Frame, StackTotals> = HashMap::new();
+        let mut by_stack: HashMap<Identity, StackTotals> = HashMap::new();
         let known = self.released.is_some();
         for (traceback, bytes, blocks) in self.per_stack() {
             let (bytes, blocks) = (bytes as u64, blocks as u64);
             by_stack.insert(
-                traceback.frames().as_ptr(),
+                traceback.identity(),
                 StackTotals {
                     traceback,
                     live_bytes: bytes,
@@ -218,7 +215,7 @@ impl Snapshot {
         }
         for r in self.released.iter().flatten() {
             let slot = by_stack
-                .entry(r.traceback.frames().as_ptr())
+                .entry(r.traceback.identity())
                 .or_insert_with(|| StackTotals {
                     traceback: r.traceback.clone(),
                     live_bytes: 0,
@@ -266,7 +263,7 @@ impl Snapshot {
         let mut seen = std::collections::HashSet::new();
         for trace in &self.traces {
             let site = trace.traceback.call_site();
-            if !seen.insert(trace.traceback.frames().as_ptr()) {
+            if !seen.insert(trace.traceback.identity()) {
                 continue;
             }
             if site.lineno == 0 {
@@ -372,7 +369,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
             .collect();
         let kinds: Vec<_> = expanded.iter().map(|f| f.kind).collect();
         let frames: Vec<Frame> = expanded.iter().map(|f| f.frame.clone()).collect();
-        let site = symbolize::call_site(&frames, &kinds, attribution);
+        let site = symbolize::call_site(Seq::Slice(&frames), &kinds, attribution);
         let truncated = cut_short || addresses.len() >= capture_cap;
         tracebacks.insert(id, Traceback::new(frames, site, traceback_limit, truncated));
     }
@@ -437,7 +434,11 @@ pub(crate) fn traceback_of(id: StackId, traceback_limit: usize, capture_cap: usi
         .collect();
     let kinds: Vec<_> = frames.iter().map(|f| f.kind).collect();
     let frames: Vec<Frame> = frames.into_iter().map(|f| f.frame).collect();
-    let site = symbolize::call_site(&frames, &kinds, crate::environment::attribution());
+    let site = symbolize::call_site(
+        Seq::Slice(&frames),
+        &kinds,
+        crate::environment::attribution(),
+    );
     let truncated = cut_short || addresses.len() >= capture_cap;
     Traceback::new(frames, site, traceback_limit, truncated)
 }

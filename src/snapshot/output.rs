@@ -4,7 +4,7 @@
 //! traceback limit; allocator and standard-library frames trimmed), so the pictures point at
 //! the program's own lines, like the statistics.
 
-use super::{Frame, Snapshot, Traceback};
+use super::{ByShown, Frame, Snapshot, Traceback};
 use crate::error::Error;
 use std::collections::HashMap;
 use std::path::Path;
@@ -54,23 +54,26 @@ struct Shown {
 /// `main` or its thread's closure. A stack made only of such frames keeps its call site.
 fn shown_frames(traceback: &Traceback) -> Vec<Frame> {
     // `frames()` already ends before the scaffolding; only the inner end moves.
-    let all = traceback.all_frames();
+    let all = traceback.all();
     let (site, _, _) = traceback.parts();
-    let end = site + traceback.frames().len();
+    let end = site + traceback.shown().len();
     let inner = crate::stack::symbolize::call_site_of(all, crate::Attribution::Innermost).min(site);
-    all[inner..end].to_vec()
+    all.sub(inner..end).to_vec()
 }
 
 impl Snapshot {
     /// Per stack as shown (stacks that show the same frames merged: they differ in trimmed
     /// allocator frames, in runtime scaffolding, or beyond the traceback limit; DHAT's viewer
     /// refuses repeated stacks), live and total figures.
+    // Tracebacks hash by their frames, never by the slices made on demand (their only
+    // interior mutability).
+    #[allow(clippy::mutable_key_type)]
     fn shown_stacks(&self) -> Vec<Shown> {
-        let mut merged: HashMap<Vec<Frame>, Shown> = HashMap::new();
+        let mut merged: HashMap<ByShown, Shown> = HashMap::new();
         for s in self.per_stack_totals() {
-            let frames = shown_frames(&s.traceback);
-            let slot = merged.entry(frames).or_insert_with_key(|frames| Shown {
-                traceback: Traceback::from_frames(frames.clone()),
+            let traceback = Traceback::from_frames(shown_frames(&s.traceback));
+            let slot = merged.entry(ByShown(traceback.clone())).or_insert(Shown {
+                traceback,
                 live_bytes: 0,
                 live_blocks: 0,
                 total: s.total.map(|_| (0, 0)),
@@ -111,7 +114,7 @@ impl Snapshot {
         rows.sort_by(|a, b| {
             (b.bytes, b.blocks)
                 .cmp(&(a.bytes, a.blocks))
-                .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+                .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
         });
         Ok(rows)
     }
@@ -323,7 +326,7 @@ impl Snapshot {
         let mut location_table: Vec<Location> = Vec::new();
         let mut samples = Vec::new();
         let mut shown = self.shown_stacks();
-        shown.sort_by(|a, b| a.traceback.frames().cmp(b.traceback.frames()));
+        shown.sort_by(|a, b| a.traceback.shown().cmp(&b.traceback.shown()));
         for stack in &shown {
             let frames = stack.traceback.frames();
             let mut ids = Vec::with_capacity(frames.len());

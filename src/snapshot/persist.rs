@@ -27,13 +27,19 @@
 //! Loading checks everything (magic, version, length, checksum, every count against the bytes
 //! left, every index, UTF-8) and reports the first problem with its byte offset. It never
 //! reserves more memory than the remaining bytes could describe.
+//!
+//! Its memory is proportional to the file, whatever the file holds (see `read_stacks`): the
+//! file's bytes and the snapshot together take at most 4 times the file's size (tests/
+//! load_memory.rs), and up to 4.6 times for a file whose frames name distinct strings of 2 to
+//! 7 bytes (each needs an `Arc<str>` of 24 bytes for its 6 to 11 in the file).
 
-use super::{Frame, Released, Snapshot, Trace, Traceback};
+use super::{Frame, Identity, Released, Snapshot, Stack, Stacks, Trace, Traceback};
 use crate::error::Error;
 use crate::stack::CaptureMode;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"TRACEALC";
 const VERSION: u32 = 2;
@@ -60,11 +66,11 @@ impl Snapshot {
         let mut strings = Table::<&str>::default();
         let mut frames = Table::<&Frame>::default();
         let mut tracebacks: Vec<&Traceback> = Vec::new();
-        let mut traceback_ids: HashMap<*const Frame, u32> = HashMap::new();
+        let mut traceback_ids: HashMap<Identity, u32> = HashMap::new();
         let mut traces: Vec<(u64, u32)> = Vec::with_capacity(self.traces.len());
         for trace in &self.traces {
             let id = *traceback_ids
-                .entry(trace.traceback.all_frames().as_ptr())
+                .entry(trace.traceback.identity())
                 .or_insert_with(|| {
                     tracebacks.push(&trace.traceback);
                     tracebacks.len() as u32 - 1
@@ -74,7 +80,7 @@ impl Snapshot {
         let mut released: Vec<(u64, u64, u32)> = Vec::new();
         for r in self.released.iter().flatten() {
             let id = *traceback_ids
-                .entry(r.traceback.all_frames().as_ptr())
+                .entry(r.traceback.identity())
                 .or_insert_with(|| {
                     tracebacks.push(&r.traceback);
                     tracebacks.len() as u32 - 1
@@ -82,7 +88,7 @@ impl Snapshot {
             released.push((r.bytes, r.blocks, id));
         }
         for traceback in &tracebacks {
-            for frame in traceback.all_frames() {
+            for frame in traceback.all().iter() {
                 frames.id(frame);
             }
         }
@@ -117,11 +123,11 @@ impl Snapshot {
         body.u32(tracebacks.len() as u32);
         for traceback in &tracebacks {
             let (call_site, limit, truncated) = traceback.parts();
-            body.u32(traceback.all_frames().len() as u32);
+            body.u32(traceback.all().len() as u32);
             body.u32(call_site as u32);
             body.u32(limit as u32);
             body.out.push(u8::from(truncated));
-            for frame in traceback.all_frames() {
+            for frame in traceback.all().iter() {
                 body.u32(frames.ids[frame]);
             }
         }
@@ -219,75 +225,7 @@ impl Snapshot {
         // Derived from the traces on reading; kept in the format for older readers.
         r.u32("the count of call sites without lines")?;
 
-        let n = r.count32("strings", 4)?;
-        let mut strings: Vec<std::sync::Arc<str>> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let len = r.u32("a string length")? as usize;
-            let at = r.pos;
-            let raw = r.take(len, "a string")?;
-            let s = std::str::from_utf8(raw).map_err(|e| {
-                corrupt((at + e.valid_up_to()) as u64, "a string is not valid UTF-8")
-            })?;
-            strings.push(s.into());
-        }
-
-        let n = r.count32("frames", if version >= 2 { 17 } else { 16 })?;
-        let mut frames: Vec<Frame> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let filename = r.index(strings.len(), "a frame's file name")?;
-            let path = r.index(strings.len(), "a frame's path")?;
-            let function = r.index(strings.len(), "a frame's function")?;
-            let lineno = r.u32("a line number")?;
-            let inlined = if version >= 2 {
-                let at = r.pos;
-                match r.u8("a frame's flags")? {
-                    0 => false,
-                    1 => true,
-                    other => {
-                        return Err(corrupt(
-                            at as u64,
-                            format!("frame flags {other:#x} have unknown bits"),
-                        ))
-                    }
-                }
-            } else {
-                false
-            };
-            frames.push(Frame {
-                filename: strings[filename].clone(),
-                lineno,
-                function: strings[function].clone(),
-                path: strings[path].clone(),
-                inlined,
-            });
-        }
-
-        let n = r.count32("tracebacks", 13)?;
-        let mut tracebacks: Vec<Traceback> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let at = r.pos;
-            let nframes = r.count32("frames of a traceback", 4)?;
-            let call_site = r.u32("a call site index")? as usize;
-            let limit = r.u32("a traceback limit")? as usize;
-            let truncated = r.flag("a truncation flag", "truncation flag")?;
-            if nframes > 0 && call_site >= nframes || nframes == 0 && call_site != 0 {
-                return Err(corrupt(
-                    at as u64 + 4,
-                    format!("call site {call_site} outside a traceback of {nframes} frames"),
-                ));
-            }
-            if !(1..=crate::tracer::MAX_FRAMES).contains(&limit) {
-                return Err(corrupt(
-                    at as u64 + 8,
-                    format!("traceback limit {limit} outside 1..=256"),
-                ));
-            }
-            let mut all = Vec::with_capacity(nframes);
-            for _ in 0..nframes {
-                all.push(frames[r.index(frames.len(), "a traceback's frame")?].clone());
-            }
-            tracebacks.push(Traceback::new(all, call_site, limit, truncated));
-        }
+        let stacks = read_stacks(&mut r, version)?;
 
         let n = r.count64("traces", 12)?;
         let mut traces = Vec::with_capacity(n);
@@ -307,12 +245,13 @@ impl Snapshot {
                     )
                 })?;
             let size = size as usize;
-            let traceback = tracebacks[r.index(tracebacks.len(), "a trace's traceback")?].clone();
+            let traceback =
+                Traceback::loaded(&stacks, r.index(stacks.len(), "a trace's traceback")?);
             traces.push(Trace { size, traceback });
         }
         let released =
             if version >= 2 && r.flag("the allocation-totals flag", "allocation-totals flag")? {
-                Some(read_released(&mut r, &tracebacks)?)
+                Some(read_released(&mut r, &stacks)?)
             } else {
                 None
             };
@@ -353,7 +292,7 @@ impl Snapshot {
 
 /// The allocation totals of a version-2 file: per stack, what was allocated and is no longer
 /// live.
-fn read_released(r: &mut Reader<'_>, tracebacks: &[Traceback]) -> Result<Vec<Released>, Error> {
+fn read_released(r: &mut Reader<'_>, stacks: &Arc<Stacks>) -> Result<Vec<Released>, Error> {
     let n = r.count64("allocation totals", 20)?;
     let mut released = Vec::with_capacity(n);
     let mut sum: u64 = 0;
@@ -367,7 +306,7 @@ fn read_released(r: &mut Reader<'_>, tracebacks: &[Traceback]) -> Result<Vec<Rel
         sum = sum
             .checked_add(bytes)
             .ok_or_else(|| corrupt(at as u64, "the allocation totals overflow 64 bits"))?;
-        let traceback = tracebacks[r.index(tracebacks.len(), "a total's traceback")?].clone();
+        let traceback = Traceback::loaded(stacks, r.index(stacks.len(), "a total's traceback")?);
         released.push(Released {
             bytes,
             blocks,
@@ -375,6 +314,324 @@ fn read_released(r: &mut Reader<'_>, tracebacks: &[Traceback]) -> Result<Vec<Rel
         });
     }
     Ok(released)
+}
+
+/// The strings, frames and tracebacks sections: the file's stacks, every record checked.
+///
+/// What they take in memory stays proportional to the file, however its records refer to each
+/// other: a frame becomes a [`Frame`] only when a traceback uses it, once however many do; a
+/// string becomes an `Arc<str>` only when such a frame names it, once however many do (strings
+/// of at most one byte once per load); a traceback is its run of 4-byte frame indices and a
+/// 24-byte [`Stack`].
+fn read_stacks(r: &mut Reader<'_>, version: u32) -> Result<Arc<Stacks>, Error> {
+    // Strings: checked, and found again by their offset when a frame needs one.
+    let n = r.count32("strings", 4)?;
+    let mut strings = Slots::with_capacity(n, r.bytes.len());
+    for _ in 0..n {
+        let record = r.pos;
+        let len = r.u32("a string length")? as usize;
+        let at = r.pos;
+        let raw = r.take(len, "a string")?;
+        std::str::from_utf8(raw)
+            .map_err(|e| corrupt((at + e.valid_up_to()) as u64, "a string is not valid UTF-8"))?;
+        strings.push(record);
+    }
+
+    // Frames: checked, and read again when a traceback uses one.
+    let record_len = if version >= 2 { 17 } else { 16 };
+    let n_frames = r.count32("frames", record_len)?;
+    let frames_at = r.pos;
+    for _ in 0..n_frames {
+        r.index(strings.len(), "a frame's file name")?;
+        r.index(strings.len(), "a frame's path")?;
+        r.index(strings.len(), "a frame's function")?;
+        r.u32("a line number")?;
+        if version >= 2 {
+            frame_flags(r)?;
+        }
+    }
+
+    // Tracebacks, checked, and which frames they use.
+    let n_tracebacks = r.count32("tracebacks", 13)?;
+    let tracebacks_at = r.pos;
+    let mut used = Bitmap::new(n_frames);
+    let mut n_indices = 0usize;
+    for _ in 0..n_tracebacks {
+        let (nframes, ..) = traceback_header(r)?;
+        for _ in 0..nframes {
+            used.set(r.index(n_frames, "a traceback's frame")?);
+        }
+        n_indices += nframes;
+    }
+    let tracebacks_end = r.pos;
+
+    // The frames used, in the file's order.
+    let used = used.ranked();
+    let mut frames: Vec<Frame> = Vec::with_capacity(used.count());
+    let mut short = ShortStrings::default();
+    for i in used.iter() {
+        let mut f = Reader {
+            bytes: r.bytes,
+            pos: frames_at + i * record_len,
+        };
+        let ids = [
+            f.u32("a frame's file name")? as usize,
+            f.u32("a frame's path")? as usize,
+            f.u32("a frame's function")? as usize,
+        ];
+        let lineno = f.u32("a line number")?;
+        let inlined = version >= 2 && frame_flags(&mut f)?;
+        let this = frames.len();
+        let mut fields: [Option<Arc<str>>; 3] = Default::default();
+        for (field, &id) in ids.iter().enumerate() {
+            let text = match strings.get(id) {
+                Slot::At(record) => {
+                    let text = read_string(r.bytes, record, &mut short)?;
+                    strings.set(id, Slot::Held { frame: this, field });
+                    text
+                }
+                Slot::Held { frame, field: held } if frame == this => fields[held]
+                    .clone()
+                    .expect("an earlier field of this frame"),
+                Slot::Held { frame, field } => {
+                    let f = &frames[frame];
+                    Arc::clone([&f.filename, &f.path, &f.function][field])
+                }
+            };
+            fields[field] = Some(text);
+        }
+        let [filename, path, function] = fields.map(|f| f.expect("all three fields"));
+        frames.push(Frame {
+            filename,
+            lineno,
+            function,
+            path,
+            inlined,
+        });
+    }
+    drop(strings);
+
+    // Tracebacks again: their frame indices into the frames used.
+    r.pos = tracebacks_at;
+    let mut indices: Vec<u32> = Vec::with_capacity(n_indices);
+    let mut stacks: Vec<Stack> = Vec::with_capacity(n_tracebacks);
+    for _ in 0..n_tracebacks {
+        let (nframes, call_site, limit, truncated) = traceback_header(r)?;
+        let start = indices.len();
+        for _ in 0..nframes {
+            let i = r.u32("a traceback's frame")? as usize;
+            indices.push(used.rank(i) as u32);
+        }
+        stacks.push(Stack::new(
+            &frames, &indices, start, call_site, limit, truncated,
+        ));
+    }
+    debug_assert_eq!(r.pos, tracebacks_end);
+    Ok(Stacks::new(frames, indices, stacks))
+}
+
+/// A frame's flags byte (version 2): whether it was inlined into the next frame.
+fn frame_flags(r: &mut Reader<'_>) -> Result<bool, Error> {
+    let at = r.pos;
+    match r.u8("a frame's flags")? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(corrupt(
+            at as u64,
+            format!("frame flags {other:#x} have unknown bits"),
+        )),
+    }
+}
+
+/// A traceback's record up to its frame indices, checked: (frames, call site, limit,
+/// truncated).
+fn traceback_header(r: &mut Reader<'_>) -> Result<(usize, u32, u32, bool), Error> {
+    let at = r.pos;
+    let nframes = r.count32("frames of a traceback", 4)?;
+    let call_site = r.u32("a call site index")?;
+    let limit = r.u32("a traceback limit")?;
+    let truncated = r.flag("a truncation flag", "truncation flag")?;
+    let site = call_site as usize;
+    if nframes > 0 && site >= nframes || nframes == 0 && site != 0 {
+        return Err(corrupt(
+            at as u64 + 4,
+            format!("call site {call_site} outside a traceback of {nframes} frames"),
+        ));
+    }
+    if !(1..=crate::tracer::MAX_FRAMES as u32).contains(&limit) {
+        return Err(corrupt(
+            at as u64 + 8,
+            format!("traceback limit {limit} outside 1..=256"),
+        ));
+    }
+    Ok((nframes, call_site, limit, truncated))
+}
+
+/// The string whose record (length, then UTF-8 bytes, already checked) starts at `record`.
+fn read_string(bytes: &[u8], record: usize, short: &mut ShortStrings) -> Result<Arc<str>, Error> {
+    let mut r = Reader { bytes, pos: record };
+    let len = r.u32("a string length")? as usize;
+    let at = r.pos;
+    let text = std::str::from_utf8(r.take(len, "a string")?)
+        .map_err(|e| corrupt((at + e.valid_up_to()) as u64, "a string is not valid UTF-8"))?;
+    Ok(short.get(text).unwrap_or_else(|| text.into()))
+}
+
+/// The strings of at most one byte (the empty one and the ASCII characters), one `Arc` each
+/// per load, however many records hold them: they cost the file 4 or 5 bytes, their `Arc` 24.
+struct ShortStrings([Option<Arc<str>>; 129]);
+
+impl Default for ShortStrings {
+    fn default() -> Self {
+        ShortStrings(std::array::from_fn(|_| None))
+    }
+}
+
+impl ShortStrings {
+    fn get(&mut self, text: &str) -> Option<Arc<str>> {
+        let slot = match text.as_bytes() {
+            [] => 0,
+            [b] => 1 + *b as usize,
+            _ => return None,
+        };
+        Some(Arc::clone(self.0[slot].get_or_insert_with(|| text.into())))
+    }
+}
+
+/// Where each string of a file is: its record's offset until a frame holds it, then that frame
+/// and field. Four bytes a string in files under 2 GiB, eight above.
+enum Slots {
+    Narrow(Vec<u32>),
+    Wide(Vec<u64>),
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    At(usize),
+    /// Field `field` (file name, path, function) of the `frame`th frame made.
+    Held {
+        frame: usize,
+        field: usize,
+    },
+}
+
+impl Slots {
+    /// Room for `n` strings of a file of `file_len` bytes.
+    fn with_capacity(n: usize, file_len: usize) -> Slots {
+        // Offsets, and frame numbers × 3 (a frame takes 16 bytes of the file), stay below the
+        // top bit.
+        if file_len < 1 << 31 {
+            Slots::Narrow(Vec::with_capacity(n))
+        } else {
+            Slots::Wide(Vec::with_capacity(n))
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Slots::Narrow(v) => v.len(),
+            Slots::Wide(v) => v.len(),
+        }
+    }
+
+    fn push(&mut self, record: usize) {
+        match self {
+            Slots::Narrow(v) => v.push(record as u32),
+            Slots::Wide(v) => v.push(record as u64),
+        }
+    }
+
+    fn get(&self, i: usize) -> Slot {
+        let (raw, top) = match self {
+            Slots::Narrow(v) => (u64::from(v[i]), 1u64 << 31),
+            Slots::Wide(v) => (v[i], 1u64 << 63),
+        };
+        if raw & top == 0 {
+            Slot::At(raw as usize)
+        } else {
+            let held = (raw & !top) as usize;
+            Slot::Held {
+                frame: held / 3,
+                field: held % 3,
+            }
+        }
+    }
+
+    fn set(&mut self, i: usize, slot: Slot) {
+        let Slot::Held { frame, field } = slot else {
+            unreachable!("strings only become held")
+        };
+        let held = (frame * 3 + field) as u64;
+        match self {
+            Slots::Narrow(v) => v[i] = (held | 1 << 31) as u32,
+            Slots::Wide(v) => v[i] = held | 1 << 63,
+        }
+    }
+}
+
+/// Which frames the tracebacks use: a bit a frame.
+struct Bitmap {
+    words: Vec<u64>,
+}
+
+impl Bitmap {
+    fn new(n: usize) -> Bitmap {
+        Bitmap {
+            words: vec![0; n.div_ceil(64)],
+        }
+    }
+
+    fn set(&mut self, i: usize) {
+        self.words[i / 64] |= 1 << (i % 64);
+    }
+
+    /// With the count of set bits before each word, for [`Ranked::rank`].
+    fn ranked(self) -> Ranked {
+        let mut before = Vec::with_capacity(self.words.len());
+        let mut count = 0u32;
+        for w in &self.words {
+            before.push(count);
+            count += w.count_ones();
+        }
+        Ranked {
+            words: self.words,
+            before,
+            count: count as usize,
+        }
+    }
+}
+
+/// A [`Bitmap`] that tells how many bits are set before any bit.
+struct Ranked {
+    words: Vec<u64>,
+    before: Vec<u32>,
+    count: usize,
+}
+
+impl Ranked {
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    /// How many set bits come before bit `i`: the position of frame `i` among those used.
+    fn rank(&self, i: usize) -> usize {
+        let below = self.words[i / 64] & ((1u64 << (i % 64)) - 1);
+        self.before[i / 64] as usize + below.count_ones() as usize
+    }
+
+    /// The set bits, in order.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    w * 64 + bit
+                })
+            })
+        })
+    }
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so a reader
@@ -539,5 +796,88 @@ impl<'a> Reader<'a> {
             ));
         }
         Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_count_the_set_bits_before() {
+        let mut bits = Bitmap::new(200);
+        for i in [0, 5, 63, 64, 130, 199] {
+            bits.set(i);
+        }
+        bits.set(5);
+        let ranked = bits.ranked();
+        assert_eq!(ranked.count(), 6);
+        assert_eq!(ranked.iter().collect::<Vec<_>>(), [0, 5, 63, 64, 130, 199]);
+        let ranks: Vec<usize> = ranked.iter().map(|i| ranked.rank(i)).collect();
+        assert_eq!(ranks, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(ranked.rank(100), 4);
+        assert_eq!(Bitmap::new(0).ranked().iter().count(), 0);
+    }
+
+    #[test]
+    fn string_slots_hold_an_offset_then_a_frame() {
+        for file_len in [100, 1 << 32] {
+            let mut slots = Slots::with_capacity(3, file_len);
+            for record in [0, 24, 99] {
+                slots.push(record);
+            }
+            slots.set(1, Slot::Held { frame: 7, field: 2 });
+            assert!(matches!(slots.get(0), Slot::At(0)));
+            assert!(matches!(slots.get(1), Slot::Held { frame: 7, field: 2 }));
+            assert!(matches!(slots.get(2), Slot::At(99)));
+            assert_eq!(slots.len(), 3);
+        }
+        assert!(matches!(Slots::with_capacity(0, 1 << 31), Slots::Wide(_)));
+    }
+
+    /// Two frames naming the same strings, one of them twice.
+    #[test]
+    fn strings_named_by_several_frames_are_made_once() {
+        let mut body = Body::default();
+        body.u32(16);
+        body.out.push(1);
+        body.u32(0);
+        body.u32(2);
+        for s in ["src/main.rs", "app::main"] {
+            body.u32(s.len() as u32);
+            body.out.extend_from_slice(s.as_bytes());
+        }
+        body.u32(2);
+        for line in [1, 2] {
+            for id in [0, 0, 1, line] {
+                body.u32(id);
+            }
+            body.out.push(0);
+        }
+        body.u32(1);
+        for v in [2, 0, 16] {
+            body.u32(v);
+        }
+        body.out.push(0);
+        body.u32(0);
+        body.u32(1);
+        body.u64(1);
+        body.u64(8);
+        body.u32(0);
+        body.out.extend_from_slice(&[0, 0]);
+        body.u64(0);
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&VERSION.to_le_bytes());
+        file.extend_from_slice(&(body.out.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&body.out).to_le_bytes());
+        file.extend_from_slice(&body.out);
+        let snapshot = Snapshot::from_bytes(&file).unwrap();
+        let traceback = &snapshot.traces()[0].traceback;
+        let [a, b] = [0, 1].map(|i| traceback.all().get(i));
+        assert_eq!((a.lineno, b.lineno), (1, 2));
+        assert!(Arc::ptr_eq(&a.filename, &a.path));
+        assert!(Arc::ptr_eq(&a.filename, &b.filename));
+        assert!(Arc::ptr_eq(&a.function, &b.function));
+        assert_eq!(&*b.function, "app::main");
     }
 }

@@ -1,6 +1,6 @@
 //! Grouping traces into statistics, and the top-N report.
 
-use super::{Frame, Snapshot, Traceback};
+use super::{ByShown, Frame, Identity, Snapshot, Traceback};
 use crate::format::format_size;
 use std::collections::HashMap;
 use std::fmt;
@@ -162,18 +162,22 @@ impl GroupBy {
 }
 
 /// `collect<rayon::iter::Map<…>, Vec<…>>` → `collect`: a function's name without its generic
-/// arguments (`<A as B>::f` keeps its qualified form), for the short `via` lines.
+/// arguments (`<A as B>::f` keeps its qualified form), for the short `via` lines. v0 mangling's
+/// names (nightly's default) write them `from_str::<T>` and may hold function types
+/// (`fn() -> u8`), whose `>` closes nothing.
 fn without_generics(function: &str) -> String {
     let mut out = String::with_capacity(function.len());
     let mut depth = 0usize;
     let mut rest = function;
+    // Whether the `>` at byte `i` closes an angle bracket (not the arrow of `->`).
+    let closes = |i: usize| i == 0 || function.as_bytes()[i - 1] != b'-';
     // A leading `<A as B>` is the qualified path, not generic arguments: keep it.
     if function.starts_with('<') {
         let mut d = 0usize;
         for (i, c) in function.char_indices() {
             match c {
                 '<' => d += 1,
-                '>' => {
+                '>' if closes(i) => {
                     d -= 1;
                     if d == 0 {
                         out.push_str(&function[..=i]);
@@ -185,10 +189,11 @@ fn without_generics(function: &str) -> String {
             }
         }
     }
-    for c in rest.chars() {
+    let offset = function.len() - rest.len();
+    for (i, c) in rest.char_indices() {
         match c {
             '<' => depth += 1,
-            '>' if depth > 0 => depth -= 1,
+            '>' if depth > 0 && closes(offset + i) => depth -= 1,
             _ if depth == 0 => out.push(c),
             _ => {}
         }
@@ -205,7 +210,7 @@ fn crate_key(name: String) -> Traceback {
 /// trimmed allocator frames are one group, represented by the smallest of them (so the result
 /// does not depend on hash order).
 #[derive(Default)]
-struct Groups(HashMap<Vec<Frame>, Group>);
+struct Groups(HashMap<ByShown, Group>);
 
 struct Group {
     key: Traceback,
@@ -228,27 +233,24 @@ impl Groups {
         source: &Traceback,
         via: Option<&Arc<str>>,
     ) {
-        let slot = self
-            .0
-            .entry(key.frames().to_vec())
-            .or_insert_with(|| Group {
-                key: key.clone(),
-                size: 0,
-                count: 0,
-                biggest: None,
-                vias: Vec::new(),
-            });
+        let slot = self.0.entry(ByShown(key.clone())).or_insert_with(|| Group {
+            key: key.clone(),
+            size: 0,
+            count: 0,
+            biggest: None,
+            vias: Vec::new(),
+        });
         if let Some(via) = via {
             if !slot.vias.contains(via) {
                 slot.vias.push(Arc::clone(via));
             }
         }
-        if key.all_frames() < slot.key.all_frames() {
+        if key.all() < slot.key.all() {
             slot.key = key;
         }
         let bigger = match &slot.biggest {
             None => true,
-            Some((t, s)) => size > *s || (size == *s && source.all_frames() < t.all_frames()),
+            Some((t, s)) => size > *s || (size == *s && source.all() < t.all()),
         };
         if bigger {
             slot.biggest = Some((source.clone(), size));
@@ -276,7 +278,7 @@ impl Groups {
         stats.sort_by(|a, b| {
             (b.size, b.count)
                 .cmp(&(a.size, a.count))
-                .then_with(|| a.traceback.frames().cmp(b.traceback.frames()))
+                .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
         });
         stats
     }
@@ -317,10 +319,10 @@ impl Snapshot {
     /// stacks), so this is the cheap first step of every grouping.
     pub(crate) fn per_stack(&self) -> impl Iterator<Item = (Traceback, usize, usize)> {
         let mean = self.sample_mean;
-        let mut by_stack: HashMap<*const Frame, (Traceback, f64, f64)> = HashMap::new();
+        let mut by_stack: HashMap<Identity, (Traceback, f64, f64)> = HashMap::new();
         for trace in self.traces() {
             let slot = by_stack
-                .entry(trace.traceback.frames().as_ptr())
+                .entry(trace.traceback.identity())
                 .or_insert_with(|| (trace.traceback.clone(), 0.0, 0.0));
             if mean == 0 {
                 slot.1 += trace.size as f64;
@@ -348,11 +350,11 @@ impl Snapshot {
         let mut groups = Groups::default();
         for (traceback, size, count) in self.per_stack() {
             let mut keys: Vec<Traceback> = traceback
-                .frames()
+                .shown()
                 .iter()
                 .map(|frame| group_by.key_of_frame(frame))
                 .collect();
-            keys.sort_by(|a, b| a.frames().cmp(b.frames()));
+            keys.sort_by(|a, b| a.shown().cmp(&b.shown()));
             keys.dedup();
             let via = traceback.via_frame().map(|f| &f.function);
             for key in keys {
@@ -532,6 +534,36 @@ mod tests {
         assert_eq!(
             without_generics("serde_json::de::from_str::<T>"),
             "serde_json::de::from_str"
+        );
+    }
+
+    /// Names as v0 mangling (nightly's default) prints them: generic arguments instantiated,
+    /// function types, closures numbered.
+    #[test]
+    fn via_names_lose_generic_arguments_in_v0_names() {
+        assert_eq!(
+            without_generics("serde_json::de::from_str::<alloc::vec::Vec<app::Record>>"),
+            "serde_json::de::from_str"
+        );
+        assert_eq!(
+            without_generics(
+                "<&mut serde_json::de::Deserializer<serde_json::read::StrRead> as serde_core::de::Deserializer>::deserialize_struct::<<app::Record as serde_core::de::Deserialize>::deserialize::__Visitor>"
+            ),
+            "<&mut serde_json::de::Deserializer<serde_json::read::StrRead> as serde_core::de::Deserializer>::deserialize_struct"
+        );
+        assert_eq!(
+            without_generics(
+                "rayon::iter::plumbing::bridge::<fn(u64) -> u64, alloc::vec::Vec<u8>>::{closure#0}"
+            ),
+            "rayon::iter::plumbing::bridge::{closure#0}"
+        );
+        assert_eq!(
+            without_generics("<fn() -> core::result::Result<(), alloc::string::String> as core::ops::function::FnOnce<()>>::call_once::{shim:vtable#0}"),
+            "<fn() -> core::result::Result<(), alloc::string::String> as core::ops::function::FnOnce<()>>::call_once::{shim:vtable#0}"
+        );
+        assert_eq!(
+            without_generics("regex_automata::meta::Regex::new::<3>"),
+            "regex_automata::meta::Regex::new"
         );
     }
 

@@ -11,7 +11,7 @@
 //! and paths trimmed to `<name>-<version>/…` (Cargo's `trim-paths`). Everything else with a path
 //! is the program's own code (workspace members and path dependencies).
 
-use crate::snapshot::Frame;
+use crate::snapshot::{Frame, Seq};
 use std::sync::OnceLock;
 
 /// What a frame is, for choosing the call site.
@@ -127,8 +127,45 @@ pub(crate) fn classify(function: &str, path: Option<&str>) -> Kind {
 /// `app::_::<impl serde::de::Deserialize for app::Record>::deserialize`. Their line is the
 /// `#[derive]` attribute's; the program's line is the `from_str` that called them, so they are
 /// machinery like the dependency they serve.
-fn is_generated_impl(function: &str) -> bool {
+///
+/// v0 mangling (nightly's default) prints an impl without the path it lives in
+/// (`<app::Record as serde_core::de::Deserialize>::deserialize`), so the anonymous block does
+/// not show; there, the types serde's derive makes with a leading `__` tell its code
+/// (`<<app::Record as serde_core::de::Deserialize>::deserialize::__Visitor as
+/// serde_core::de::Visitor>::visit_map`), and the derived function around them is found by
+/// sharing their line (see [`generated_callers`]).
+pub(crate) fn is_generated_impl(function: &str) -> bool {
     function.contains("::_::<impl ")
+        || function
+            .match_indices("::__")
+            .any(|(i, _)| function[i + 4..].starts_with(|c: char| c.is_ascii_uppercase()))
+}
+
+/// The derived functions that call generated code of their own derive, as v0 mangling names
+/// them: `<app::Record as serde_core::de::Deserialize>::deserialize` (legacy:
+/// `app::_::<impl serde::de::Deserialize for app::Record>::deserialize`), at the `#[derive]`
+/// line like the `__Visitor` it calls. Those of `frames` (innermost first) whose `kinds` say
+/// `Own` become `Dependency`: a trait's method for a type of the program (`<A as B>::f`, A and
+/// B from different crates) at the file and line of a generated frame inside it.
+pub(crate) fn generated_callers(frames: Seq<'_>, kinds: &mut [Kind]) {
+    let mut generated: Vec<(&str, u32)> = Vec::new();
+    for (i, frame) in frames.iter().enumerate() {
+        let at = (&*frame.path, frame.lineno);
+        if kinds[i] == Kind::Dependency && frame.lineno != 0 && is_generated_impl(&frame.function) {
+            if !generated.contains(&at) {
+                generated.push(at);
+            }
+        } else if kinds[i] == Kind::Own
+            && generated.contains(&at)
+            && matches!(symbol_crates(&frame.function), (Some(a), Some(b)) if a != b)
+        {
+            kinds[i] = Kind::Dependency;
+        }
+        if generated.len() > 16 {
+            // Recursion through many derives: the innermost ones are the ones that matter.
+            generated.remove(0);
+        }
+    }
 }
 
 /// glibc and friends: C symbols (no `::`) without a path or with the relative paths of a
@@ -297,9 +334,20 @@ fn symbol_crate(function: &str) -> Option<&str> {
 }
 
 /// The leading crate of a path expression (`serde_json::de::from_str` → `serde_json`); `None`
-/// for primitive and compound types (`i32`, `&T`, `[u8]`, `(A, B)`).
+/// for primitive and compound types (`i32`, `&T`, `[u8]`, `(A, B)`). A crate disambiguator, as
+/// v0 mangling's names carry when printed in full (`app[1a2b3c4d5e6f7a8b]::main`), is dropped.
 fn leading_crate(path: &str) -> Option<&str> {
     let (first, _) = path.split_once("::")?;
+    let first = match first.split_once('[') {
+        Some((name, hash))
+            if hash
+                .strip_suffix(']')
+                .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit())) =>
+        {
+            name
+        }
+        _ => first,
+    };
     (!first.is_empty()
         && first
             .bytes()
@@ -307,41 +355,62 @@ fn leading_crate(path: &str) -> Option<&str> {
     .then_some(first)
 }
 
-/// For `<A as B>::f`: (A's crate, B's crate); for `<A>::f` and `a::f`: (the crate, `None`).
-fn symbol_crates(function: &str) -> (Option<&str>, Option<&str>) {
-    let Some(inner) = function.strip_prefix('<') else {
-        return (leading_crate(function), None);
-    };
-    // Find the ` as ` or the closing `>` at depth 0.
+/// For `<A as B>::f`: (`A`, `Some(B…)`, B followed by the rest of the name); for `<A>::f`:
+/// (`A`, `None`); `None` for a plain path (`a::f`).
+fn qualified_parts(function: &str) -> Option<(&str, Option<&str>)> {
+    let inner = function.strip_prefix('<')?;
+    // Find the ` as ` or the closing `>` at depth 0. The `>` of a function type's `->`
+    // (`<fn() -> u8 as core::ops::function::FnOnce<()>>`, as v0 mangling prints shims) closes
+    // nothing.
     let mut depth = 0usize;
     let bytes = inner.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         match b {
             b'<' | b'(' | b'[' => depth += 1,
             b')' | b']' => depth = depth.saturating_sub(1),
-            b'>' if depth == 0 => return (leading_crate(&inner[..i]), None),
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
+            b'>' if depth == 0 => return Some((&inner[..i], None)),
             b'>' => depth -= 1,
             b' ' if depth == 0 && inner[i..].starts_with(" as ") => {
-                return (
-                    leading_crate(&inner[..i]),
-                    leading_crate(&inner[i + " as ".len()..]),
-                );
+                return Some((&inner[..i], Some(&inner[i + " as ".len()..])));
             }
             _ => {}
         }
     }
-    (leading_crate(inner), None)
+    Some((inner, None))
+}
+
+/// For `<A as B>::f`: (A's crate, B's crate); for `<A>::f` and `a::f`: (the crate, `None`).
+fn symbol_crates(function: &str) -> (Option<&str>, Option<&str>) {
+    match qualified_parts(function) {
+        None => (leading_crate(function), None),
+        Some((self_type, trait_path)) => {
+            (leading_crate(self_type), trait_path.and_then(leading_crate))
+        }
+    }
+}
+
+/// A closure's type: `app::main::{closure#0}` (v0 mangling), `app::main::{{closure}}` (legacy).
+fn is_closure(path: &str) -> bool {
+    let last = path.rsplit("::").next().unwrap_or(path);
+    last == "{{closure}}" || last.starts_with("{closure#")
 }
 
 /// Code of the toolchain's crates by its name: `alloc::…`, `<alloc::vec::Vec<T>>::push`,
 /// `<i32 as alloc::string::SpecToString>::f`; not `<app::Foo as core::fmt::Display>::fmt`
-/// (the program's impl of a std trait) nor `<alloc::vec::Vec<u8> as app::Trait>::f`.
+/// (the program's impl of a std trait) nor `<alloc::vec::Vec<u8> as app::Trait>::f`. A
+/// closure's impl of a std trait (`<app::main::{closure#0} as core::ops::function::FnOnce<()>>
+/// ::call_once`, what legacy mangling names `core::ops::function::FnOnce::call_once`) is the
+/// compiler's, so the toolchain's.
 fn is_toolchain_symbol(function: &str) -> bool {
     let toolchain = |c: Option<&str>| c.is_some_and(|c| TOOLCHAIN_CRATES.contains(&c));
     match symbol_crates(function) {
         (s, None) => toolchain(s),
         (None, t) => toolchain(t),
-        (s, t) => toolchain(s) && toolchain(t),
+        (s, t) => {
+            toolchain(t)
+                && (toolchain(s) || qualified_parts(function).is_some_and(|(a, _)| is_closure(a)))
+        }
     }
 }
 
@@ -565,6 +634,124 @@ mod tests {
             ),
             Kind::Own
         );
+    }
+
+    /// Names as v0 mangling prints them (nightly's default since 2025), from a program using
+    /// serde's derive and a thread, symbolized by this crate's `backtrace`.
+    #[test]
+    fn v0_names() {
+        let toolchain = [
+            "<alloc::vec::Vec<u8> as core::clone::Clone>::clone",
+            "<fn() -> core::result::Result<(), alloc::string::String> as core::ops::function::FnOnce<()>>::call_once",
+            "<fn() as core::ops::function::FnOnce<()>>::call_once",
+            "<app::main::{closure#0} as core::ops::function::FnOnce<()>>::call_once",
+            "<std::thread::lifecycle::spawn_unchecked<fn(), ()>::{closure#1} as core::ops::function::FnOnce<()>>::call_once::{shim:vtable#0}",
+            "<alloc::boxed::Box<dyn core::ops::function::FnOnce<(), Output = ()> + core::marker::Send> as core::ops::function::FnOnce<()>>::call_once",
+            "std::sys::backtrace::__rust_begin_short_backtrace::<fn(), ()>",
+            "std::rt::lang_start::<()>::{closure#0}",
+            "<std::sys::thread::unix::Thread>::new::thread_start",
+            "core::ptr::drop_in_place::<alloc::vec::Vec<u8>>",
+        ];
+        for name in toolchain {
+            assert!(is_toolchain_symbol(name), "{name}");
+            // Without line information (a build without debug info) the name decides.
+            assert_eq!(classify(name, None), Kind::Toolchain, "{name}");
+        }
+        assert!(!is_toolchain_symbol(
+            "<app::Probe as serde_core::de::Deserialize>::deserialize::<&mut serde_json::de::Deserializer<serde_json::read::StrRead>>"
+        ));
+        assert!(!is_toolchain_symbol("app::main::{closure#0}"));
+        assert!(!is_toolchain_symbol(
+            "<app::Foo as core::fmt::Display>::fmt"
+        ));
+        assert_eq!(
+            symbol_crate("<app::Probe as serde_core::de::Deserialize>::deserialize::<&mut serde_json::de::Deserializer<serde_json::read::StrRead>>"),
+            Some("app")
+        );
+        assert_eq!(
+            symbol_crate("serde_json::de::from_str::<alloc::vec::Vec<app::Record>>"),
+            Some("serde_json")
+        );
+        assert_eq!(
+            symbol_crate("<alloc::vec::Vec<app::Record> as serde_core::de::Deserialize>::deserialize::<&mut serde_json::de::Deserializer<serde_json::read::StrRead>>"),
+            Some("serde_core")
+        );
+        assert_eq!(symbol_crate("<fn() -> u8 as app::Run>::run"), Some("app"));
+        // Crate disambiguators, when a name is printed in full.
+        assert_eq!(symbol_crate("app[1a2b3c4d5e6f7a8b]::main"), Some("app"));
+        assert_eq!(
+            symbol_crate(
+                "<std[c2e1a4b5d6f7a8b9]::fs::File as std[c2e1a4b5d6f7a8b9]::io::Read>::read"
+            ),
+            Some("std")
+        );
+        assert_eq!(symbol_crate("app[xyz]::main"), None);
+        assert_eq!(
+            classify(
+                "<tracealloc::tracer::Tracer<std::alloc::System> as core::alloc::global::GlobalAlloc>::alloc",
+                Some("/w/src/tracer.rs")
+            ),
+            Kind::TracerEntry
+        );
+        assert_eq!(
+            classify("tracealloc::tracer::record::<2>", None),
+            Kind::Internal
+        );
+        assert_eq!(
+            classify("app::main::{closure#0}", Some("src/main.rs")),
+            Kind::Own
+        );
+    }
+
+    #[test]
+    fn derived_impls_are_machinery_in_v0_names() {
+        // Legacy mangling shows the anonymous `const _`; v0 does not, the `__Visitor` does.
+        let visitor = "<<app::Record as serde_core::de::Deserialize>::deserialize::__Visitor as serde_core::de::Visitor>::visit_map::<serde_json::de::MapAccess<serde_json::read::StrRead>>";
+        assert_eq!(classify(visitor, Some("src/main.rs")), Kind::Dependency);
+        let field = "<<app::Record as serde_core::de::Deserialize>::deserialize::__FieldVisitor as serde_core::de::Visitor>::visit_str::<serde_json::Error>";
+        assert_eq!(classify(field, Some("src/main.rs")), Kind::Dependency);
+        // std's own double-underscore names are not derives.
+        assert!(!is_generated_impl(
+            "std::sys::backtrace::__rust_begin_short_backtrace::<fn(), ()>"
+        ));
+        // The derived `deserialize` around the visitor has a plain name: it is found by its
+        // line, the visitor's (the `#[derive]` line).
+        let derived = "<app::Record as serde_core::de::Deserialize>::deserialize::<&mut serde_json::de::Deserializer<serde_json::read::StrRead>>";
+        let hand_written = "<app::Probe as serde_core::de::Deserialize>::deserialize::<&mut serde_json::de::Deserializer<serde_json::read::StrRead>>";
+        let reg = "/c/registry/src/i/serde_json-1.0.154/src/de.rs";
+        let frame = |function: &str, path: &str, line: u32| {
+            Frame::with_path(path.into(), path.into(), line, function.into())
+        };
+        let frames = [
+            frame(hand_written, "src/main.rs", 8),
+            frame(visitor, "src/main.rs", 19),
+            frame("<&mut serde_json::de::Deserializer<serde_json::read::StrRead> as serde_core::de::Deserializer>::deserialize_struct::<<app::Record as serde_core::de::Deserialize>::deserialize::__Visitor>", reg, 1851),
+            frame(derived, "src/main.rs", 19),
+            frame("serde_json::de::from_str::<alloc::vec::Vec<app::Record>>", reg, 2713),
+            frame("app::main::{closure#0}", "src/main.rs", 30),
+        ];
+        let mut kinds: Vec<Kind> = frames.iter().map(of_frame).collect();
+        assert_eq!(kinds[3], Kind::Own);
+        generated_callers(Seq::Slice(&frames), &mut kinds);
+        assert_eq!(
+            kinds,
+            [
+                Kind::Own,
+                Kind::Dependency,
+                Kind::Dependency,
+                Kind::Dependency,
+                Kind::Dependency,
+                Kind::Own
+            ]
+        );
+        // A function of the program at that line (not a trait impl) stays the program's.
+        let mut plain = [Kind::Dependency, Kind::Own];
+        let at_19 = [
+            frame(visitor, "src/main.rs", 19),
+            frame("app::f", "src/main.rs", 19),
+        ];
+        generated_callers(Seq::Slice(&at_19), &mut plain);
+        assert_eq!(plain[1], Kind::Own);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! so the line is the call's line, not the next one. An address inside inlined code expands
 //! into several frames, innermost first.
 
-use crate::snapshot::{Attribution, Frame};
+use crate::snapshot::{Attribution, Frame, Seq};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -161,8 +161,11 @@ fn normalize(path: &str) -> String {
 /// entry is the end of the first run of tracealloc / `GlobalAlloc` / shim frames. Names are not
 /// enough to find it: inlined frames carry short names, and in optimized builds without frame
 /// pointers the shim may leave no frame at all.
-pub(crate) fn call_site(frames: &[Frame], kinds: &[Kind], attribution: Attribution) -> usize {
+pub(crate) fn call_site(frames: Seq<'_>, kinds: &[Kind], attribution: Attribution) -> usize {
     debug_assert_eq!(frames.len(), kinds.len());
+    let mut kinds = kinds.to_vec();
+    super::origin::generated_callers(frames, &mut kinds);
+    let kinds = &kinds[..];
     let is_machinery = |k: &Kind| matches!(k, Kind::Internal | Kind::TracerEntry | Kind::Shim);
     let skip_from = match kinds.iter().position(is_machinery) {
         Some(first) => {
@@ -188,7 +191,7 @@ pub(crate) fn call_site(frames: &[Frame], kinds: &[Kind], attribution: Attributi
         return i + skip_from;
     }
     let generic = |i: usize| {
-        let path = &frames[skip_from + i].path;
+        let path = &frames.get(skip_from + i).path;
         path.contains("/library/alloc/") || path.contains("/library/core/")
     };
     (0..past.len())
@@ -199,7 +202,7 @@ pub(crate) fn call_site(frames: &[Frame], kinds: &[Kind], attribution: Attributi
 
 /// [`call_site`] of a traceback's frames, classifying them anew (a loaded snapshot, a switch
 /// of attribution).
-pub(crate) fn call_site_of(frames: &[Frame], attribution: Attribution) -> usize {
+pub(crate) fn call_site_of(frames: Seq<'_>, attribution: Attribution) -> usize {
     let kinds: Vec<Kind> = frames.iter().map(super::origin::of_frame).collect();
     call_site(frames, &kinds, attribution)
 }
@@ -285,7 +288,55 @@ mod tests {
 
     fn site(frames: &[SymFrame]) -> usize {
         let (frames, kinds) = split(frames);
-        call_site(&frames, &kinds, Attribution::OwnCode)
+        call_site(Seq::Slice(&frames), &kinds, Attribution::OwnCode)
+    }
+
+    /// A `serde_json::from_str` into a struct with serde's derive, named as v0 mangling
+    /// (nightly's default) names it: the derived code is the dependency's, at the `#[derive]`
+    /// line (1 here, as every frame of `f`); the call site is the `from_str` line.
+    #[test]
+    fn call_site_of_a_derive_in_v0_names() {
+        let reg = "/c/registry/src/i/serde_json-1.0.154/src";
+        let mut frames = vec![
+            f("__rustc::__rust_alloc", "src/main.rs"),
+            f(
+                "<alloc::raw_vec::RawVecInner>::finish_grow::<alloc::alloc::Global>",
+                "/rustc/h/library/alloc/src/raw_vec.rs",
+            ),
+            f(
+                "<serde_json::read::StrRead as serde_json::read::Read>::parse_str",
+                &format!("{reg}/read.rs"),
+            ),
+            f(
+                "<<app::Record as serde_core::de::Deserialize>::deserialize::__Visitor as serde_core::de::Visitor>::visit_map::<serde_json::de::MapAccess<serde_json::read::StrRead>>",
+                "src/main.rs",
+            ),
+            f(
+                "<&mut serde_json::de::Deserializer<serde_json::read::StrRead> as serde_core::de::Deserializer>::deserialize_struct::<<app::Record as serde_core::de::Deserialize>::deserialize::__Visitor>",
+                &format!("{reg}/de.rs"),
+            ),
+            f(
+                "<app::Record as serde_core::de::Deserialize>::deserialize::<&mut serde_json::de::Deserializer<serde_json::read::StrRead>>",
+                "src/main.rs",
+            ),
+            f(
+                "serde_json::de::from_str::<app::Record>",
+                &format!("{reg}/de.rs"),
+            ),
+            f("app::load::{closure#0}", "src/main.rs"),
+            f("app::main", "src/main.rs"),
+        ];
+        // The program's own lines differ from the derive's.
+        for (i, line) in [(7, 30), (8, 40)] {
+            frames[i].frame.lineno = line;
+        }
+        assert_eq!(site(&frames), 7);
+        let (all, kinds) = split(&frames);
+        assert_eq!(
+            call_site(Seq::Slice(&all), &kinds, Attribution::Innermost),
+            2
+        );
+        assert_eq!(call_site_of(Seq::Slice(&all), Attribution::OwnCode), 7);
     }
 
     #[test]
@@ -347,7 +398,10 @@ mod tests {
         ];
         assert_eq!(site(&through_a_dependency), 4);
         let (frames, kinds) = split(&through_a_dependency);
-        assert_eq!(call_site(&frames, &kinds, Attribution::Innermost), 2);
+        assert_eq!(
+            call_site(Seq::Slice(&frames), &kinds, Attribution::Innermost),
+            2
+        );
         let pool_thread = [
             f("__rust_alloc", "src/main.rs"),
             f(
