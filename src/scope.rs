@@ -335,7 +335,7 @@ mod tests {
         let mut model_peak_sites = [0usize; 5];
         let (mut model_current, mut model_peak) = (0usize, 0usize);
         let mut x: u64 = 0x1234_5678;
-        for _ in 0..20_000 {
+        for _ in 0..if cfg!(miri) { 600 } else { 20_000 } {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
