@@ -1,13 +1,23 @@
 //! Symbolization (cold path, snapshot time only) and the choice of the call site.
 //!
-//! Each distinct return address is resolved once per process and cached. `ip - 1` is resolved,
-//! so the line is the call's line, not the next one. An address inside inlined code expands
-//! into several frames, innermost first.
+//! Each distinct return address is resolved once and cached, for as long as the object that
+//! holds it stays loaded: when glibc's load and unload counters move, the entries whose address
+//! is now in another object (or in none) are dropped (see [`super::objects`]). `ip - 1` is
+//! resolved, so the line is the call's line, not the next one. An address inside inlined code
+//! expands into several frames, innermost first.
+//!
+//! Addresses are resolved by the `backtrace` crate in the objects it lists as they are loaded
+//! now (it lists them once per process), and read from the object's file otherwise (see
+//! [`super::elf`]): a plugin loaded after the first symbolization, or loaded where another one
+//! was unloaded. A raw return address does not say which object it was captured in: an address
+//! in no loaded object, where one was seen before, reads `<unloaded module>`; one where another
+//! object has been loaded since reads as that object's code.
 
 use crate::snapshot::{Attribution, Frame, Seq};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::objects::{Objects, Place};
 pub(crate) use super::origin::Kind;
 use super::origin::{classify, display_path};
 
@@ -17,27 +27,56 @@ pub(crate) struct SymFrame {
     pub(crate) kind: Kind,
 }
 
-type Cache = HashMap<usize, Arc<[SymFrame]>>;
+/// One frame as a resolver gives it, before classification: function, source path, line
+/// (0 when unknown).
+type RawFrame = (Option<String>, Option<String>, u32);
 
-fn cache() -> &'static Mutex<Cache> {
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+/// The function name of a frame in an object unloaded since the address was captured.
+const UNLOADED: &str = "<unloaded module>";
+
+#[derive(Debug)]
+struct Cached {
+    /// Where the address was when it was resolved; the entry is dropped when that changes.
+    place: Place,
+    frames: Arc<[SymFrame]>,
+}
+
+/// Everything symbolization keeps, behind one lock held for a whole [`resolve_all`] (the
+/// `backtrace` crate serializes resolution behind its own lock anyway).
+#[derive(Debug, Default)]
+struct State {
+    objects: Objects,
+    /// The objects the `backtrace` crate can resolve, by id; decided at the first read of the
+    /// objects (see [`State::trusted_objects`]).
+    trusted: Option<Vec<u64>>,
+    cache: HashMap<usize, Cached>,
+    #[cfg(target_os = "linux")]
+    files: super::elf::Resolver,
+}
+
+fn state() -> &'static Mutex<State> {
+    static STATE: OnceLock<Mutex<State>> = OnceLock::new();
+    STATE.get_or_init(|| Mutex::new(State::default()))
+}
+
+/// The address looked up for a return address: the call instruction, one byte before.
+fn call_of(ip: usize) -> usize {
+    ip.saturating_sub(1)
 }
 
 /// Resolves every address of `addresses` (deduplicated by the caller or not) into `out`.
 /// Call with the reentrancy guard held.
 pub(crate) fn resolve_all(addresses: &[usize]) -> HashMap<usize, Arc<[SymFrame]>> {
+    let mut state = state().lock().unwrap_or_else(|p| p.into_inner());
+    state.refresh();
     let mut out = HashMap::with_capacity(addresses.len());
     let mut missing = Vec::new();
-    {
-        let cached = cache().lock().unwrap_or_else(|p| p.into_inner());
-        for &ip in addresses {
-            match cached.get(&ip) {
-                Some(frames) => {
-                    out.insert(ip, Arc::clone(frames));
-                }
-                None => missing.push(ip),
+    for &ip in addresses {
+        match state.cache.get(&ip) {
+            Some(cached) => {
+                out.insert(ip, Arc::clone(&cached.frames));
             }
+            None => missing.push(ip),
         }
     }
     missing.sort_unstable();
@@ -46,16 +85,85 @@ pub(crate) fn resolve_all(addresses: &[usize]) -> HashMap<usize, Arc<[SymFrame]>
         return out;
     }
     let base = current_dir_prefix();
-    let resolved: Vec<(usize, Arc<[SymFrame]>)> = missing
-        .into_iter()
-        .map(|ip| (ip, resolve_one(ip, &base)))
-        .collect();
-    let mut cached = cache().lock().unwrap_or_else(|p| p.into_inner());
-    for (ip, frames) in resolved {
-        cached.insert(ip, Arc::clone(&frames));
+    for ip in missing {
+        let place = state.objects.place(call_of(ip));
+        let frames = symbolized(ip, state.raw_frames(ip, place), &base);
+        state.cache.insert(
+            ip,
+            Cached {
+                place,
+                frames: Arc::clone(&frames),
+            },
+        );
         out.insert(ip, frames);
     }
     out
+}
+
+impl State {
+    /// Reads the loaded objects again if any was loaded or unloaded since the last read, and
+    /// forgets what was resolved in objects no longer where they were.
+    fn refresh(&mut self) {
+        if !self.objects.refresh() {
+            return;
+        }
+        if self.trusted.is_none() {
+            self.trusted = Some(self.trusted_objects());
+        }
+        let objects = &self.objects;
+        self.cache
+            .retain(|&ip, cached| objects.place(call_of(ip)) == cached.place);
+        #[cfg(target_os = "linux")]
+        self.files.retain(|id| objects.by_id(id).is_some());
+    }
+
+    /// The objects of the first read that the `backtrace` crate lists as they are. It lists
+    /// the loaded objects once per process, at its first resolution (which may have been the
+    /// program's own, earlier): made to happen now, it holds exactly the objects just read
+    /// when no object was loaded or unloaded in between, and a subset of them when none was
+    /// ever unloaded. Otherwise it may hold objects unloaded since, whose addresses others now
+    /// occupy, and only the executable (never unloaded, always listed) is left to it.
+    fn trusted_objects(&self) -> Vec<u64> {
+        let read = self.objects.counters();
+        // Resolving the null address resolves nothing, but makes the crate list the objects
+        // if it has not yet.
+        backtrace::resolve(std::ptr::null_mut(), |_| {});
+        let unchanged = super::objects::counters() == read;
+        let never_unloaded = read.is_some_and(|(_, unloads)| unloads == 0);
+        self.objects
+            .list()
+            .iter()
+            .filter(|o| o.main || (unchanged && never_unloaded))
+            .map(|o| o.id)
+            .collect()
+    }
+
+    /// The frames at return address `ip`, found at `place`.
+    fn raw_frames(&mut self, ip: usize, place: Place) -> Vec<RawFrame> {
+        match place {
+            // No object holds it: any name the `backtrace` crate found would be a stale one.
+            Place::Unloaded => vec![(Some(UNLOADED.to_owned()), None, 0)],
+            Place::Nowhere => Vec::new(),
+            // The loaded objects are not known on this platform.
+            Place::Unlisted => by_backtrace(ip),
+            Place::Object(id) => {
+                let trusted = self.trusted.as_ref().is_some_and(|t| t.contains(&id));
+                #[allow(unused_mut)]
+                let mut frames = if trusted {
+                    by_backtrace(ip)
+                } else {
+                    Vec::new()
+                };
+                #[cfg(target_os = "linux")]
+                if frames.is_empty() {
+                    if let Some(object) = self.objects.by_id(id) {
+                        frames = self.files.frames(object, call_of(ip));
+                    }
+                }
+                frames
+            }
+        }
+    }
 }
 
 fn current_dir_prefix() -> String {
@@ -65,20 +173,27 @@ fn current_dir_prefix() -> String {
         .unwrap_or_default()
 }
 
-fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
+/// The frames the `backtrace` crate finds at return address `ip`.
+fn by_backtrace(ip: usize) -> Vec<RawFrame> {
     let mut frames = Vec::new();
-    // A return address points after the call; the call itself is one byte before.
-    let lookup = ip.saturating_sub(1);
-    backtrace::resolve(lookup as *mut std::ffi::c_void, |symbol| {
-        let function = symbol
-            .name()
-            .map(|n| format!("{n:#}"))
-            .unwrap_or_else(|| format!("{ip:#x}"));
-        let path = symbol
-            .filename()
-            .and_then(|p| p.to_str())
-            .map(str::to_owned);
-        let lineno = symbol.lineno().unwrap_or(0);
+    backtrace::resolve(call_of(ip) as *mut std::ffi::c_void, |symbol| {
+        frames.push((
+            symbol.name().map(|n| format!("{n:#}")),
+            symbol
+                .filename()
+                .and_then(|p| p.to_str())
+                .map(str::to_owned),
+            symbol.lineno().unwrap_or(0),
+        ));
+    });
+    frames
+}
+
+/// Classified frames of return address `ip` from what a resolver found there.
+fn symbolized(ip: usize, raw: Vec<RawFrame>, base: &str) -> Arc<[SymFrame]> {
+    let mut frames = Vec::with_capacity(raw.len().max(1));
+    for (function, path, lineno) in raw {
+        let function = function.unwrap_or_else(|| format!("{ip:#x}"));
         let kind = classify(&function, path.as_deref());
         let (filename, path) = match path {
             // The path as the debug information gives it stays in `path` (and decides the
@@ -91,7 +206,7 @@ fn resolve_one(ip: usize, base: &str) -> Arc<[SymFrame]> {
             frame: Frame::with_path(filename, path, lineno, function),
             kind,
         });
-    });
+    }
     if frames.is_empty() {
         let function = format!("{ip:#x}");
         frames.push(SymFrame {

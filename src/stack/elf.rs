@@ -1,0 +1,292 @@
+//! Symbolization of code in an object the `backtrace` crate cannot be trusted with (cold path,
+//! snapshot time only): one loaded, or replaced, after that crate listed the process's objects,
+//! which it does once per process (rust-lang/backtrace-rs#238, still open in 0.3.77).
+//!
+//! The object's file is mapped and read with the crates the `backtrace` crate itself uses,
+//! `object` for the ELF file and `addr2line` (over `gimli`) for its DWARF: function names
+//! (inlined frames included), files and lines as `backtrace` would give them. An object
+//! without DWARF gives the name from its symbol table; one whose file cannot be read, or is no
+//! longer the file that was loaded (another build-id), gives the name `dladdr` finds in memory.
+
+use super::objects::Object;
+use addr2line::gimli;
+use object::{Object as _, ObjectSection as _};
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+/// One frame at an address, before classification: function, source path, line.
+pub(crate) type RawFrame = (Option<String>, Option<String>, u32);
+
+type Slice = gimli::EndianSlice<'static, gimli::NativeEndian>;
+
+/// Parsed objects kept for their next addresses: parsing DWARF costs far more than a lookup.
+const KEPT: usize = 4;
+
+/// The parsed objects, most recently used first.
+#[derive(Default)]
+pub(crate) struct Resolver {
+    parsed: Vec<(u64, Option<Parsed>)>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field(
+                "parsed",
+                &self.parsed.iter().map(|p| p.0).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Resolver {
+    /// The frames at `address` (a return address minus one) of `object`, innermost first;
+    /// empty when nothing is known there.
+    pub(crate) fn frames(&mut self, object: &Object, address: usize) -> Vec<RawFrame> {
+        let at = match self.parsed.iter().position(|p| p.0 == object.id) {
+            Some(at) => at,
+            None => {
+                if self.parsed.len() >= KEPT {
+                    self.parsed.pop();
+                }
+                self.parsed.push((object.id, Parsed::open(object)));
+                self.parsed.len() - 1
+            }
+        };
+        let entry = self.parsed.remove(at);
+        let frames = match &entry.1 {
+            Some(parsed) => parsed.frames(address.wrapping_sub(object.bias) as u64),
+            None => Vec::new(),
+        };
+        self.parsed.insert(0, entry);
+        if frames.is_empty() {
+            return dladdr_name(address)
+                .map(|name| vec![(Some(name), None, 0)])
+                .unwrap_or_default();
+        }
+        frames
+    }
+
+    /// Forgets the objects `loaded` no longer holds.
+    pub(crate) fn retain(&mut self, loaded: impl Fn(u64) -> bool) {
+        self.parsed.retain(|p| loaded(p.0));
+    }
+}
+
+/// A file mapped read-only.
+struct Mmap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value; nothing else unmaps it.
+unsafe impl Send for Mmap {}
+
+impl Mmap {
+    fn open(path: &Path) -> Option<Mmap> {
+        use std::os::unix::io::AsRawFd;
+        let file = std::fs::File::open(path).ok()?;
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: a private read-only mapping of an open file, of its length; the descriptor
+        // may be closed afterwards.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then_some(Mmap { ptr, len })
+    }
+
+    /// The bytes, with a lifetime the caller must not let outlive `self` (see [`Parsed`]).
+    fn bytes(&self) -> &'static [u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until `drop`; every `'static` borrow is held
+        // by the `Parsed` that owns this mapping and is dropped before it.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// An object's DWARF and symbol table, borrowing its mapped files.
+struct Parsed {
+    // Fields drop in order: the borrowers first, the mappings they borrow last.
+    dwarf: Option<addr2line::Context<Slice>>,
+    symbols: object::SymbolMap<object::SymbolMapName<'static>>,
+    /// Sections `object` decompressed (when built with its `compression` feature).
+    _decompressed: Vec<Box<[u8]>>,
+    _maps: Vec<Mmap>,
+}
+
+// SAFETY: everything in it is owned by it (the `'static` slices point into `_maps` and
+// `_decompressed`) and it is only used under the symbolizer's lock.
+unsafe impl Send for Parsed {}
+
+impl Parsed {
+    fn open(object: &Object) -> Option<Parsed> {
+        if object.main || object.path.as_os_str().is_empty() {
+            return None;
+        }
+        let map = Mmap::open(&object.path)?;
+        let file = object::File::parse(map.bytes()).ok()?;
+        let file_id = file.build_id().ok().flatten();
+        if object.build_id.is_some() && file_id != object.build_id.as_deref() {
+            // The file at that path was replaced since it was loaded.
+            return None;
+        }
+        let symbols = file.symbol_map();
+        let mut decompressed = Vec::new();
+        let mut maps = Vec::new();
+        let mut dwarf = dwarf_of(&file, &mut decompressed);
+        if dwarf.is_none() {
+            // Debug info installed apart, under its build-id (distribution `-dbg` packages).
+            if let Some(debug_map) = file_id.and_then(|id| Mmap::open(&debug_file_path(id))) {
+                if let Ok(debug_file) = object::File::parse(debug_map.bytes()) {
+                    dwarf = dwarf_of(&debug_file, &mut decompressed);
+                }
+                maps.push(debug_map);
+            }
+        }
+        maps.push(map);
+        Some(Parsed {
+            dwarf,
+            symbols,
+            _decompressed: decompressed,
+            _maps: maps,
+        })
+    }
+
+    /// The frames at `svma`, an address as the file states it.
+    fn frames(&self, svma: u64) -> Vec<RawFrame> {
+        let symbol = || {
+            self.symbols
+                .containing(svma)
+                .map(|s| demangle(s.name().as_bytes()))
+        };
+        let mut out = Vec::new();
+        if let Some(dwarf) = &self.dwarf {
+            if let Ok(mut frames) = dwarf.find_frames(svma).skip_all_loads() {
+                while let Ok(Some(frame)) = frames.next() {
+                    let name = frame
+                        .function
+                        .as_ref()
+                        .and_then(|f| f.raw_name().ok())
+                        .map(|n| demangle(n.as_bytes()))
+                        .or_else(symbol);
+                    let (path, line) = match &frame.location {
+                        Some(l) => (l.file.map(str::to_owned), l.line.unwrap_or(0)),
+                        None => (None, 0),
+                    };
+                    out.push((name, path, line));
+                }
+            }
+        }
+        if out.is_empty() {
+            if let Some(name) = symbol() {
+                out.push((Some(name), None, 0));
+            }
+        }
+        out
+    }
+}
+
+/// The DWARF of `file`, `None` when it has none (no `.debug_info`).
+fn dwarf_of(
+    file: &object::File<'static>,
+    decompressed: &mut Vec<Box<[u8]>>,
+) -> Option<addr2line::Context<Slice>> {
+    file.section_by_name(".debug_info")?;
+    let dwarf = gimli::Dwarf::load(|id| -> Result<Slice, ()> {
+        let data: &'static [u8] = match file
+            .section_by_name(id.name())
+            .and_then(|s| s.uncompressed_data().ok())
+        {
+            Some(Cow::Borrowed(data)) => data,
+            Some(Cow::Owned(data)) => {
+                let data = data.into_boxed_slice();
+                // SAFETY: the box is kept in `decompressed`, owned by the `Parsed` that owns
+                // the context borrowing it, and dropped after that context; its heap
+                // allocation does not move when the vector grows.
+                let slice = unsafe { std::slice::from_raw_parts(data.as_ptr(), data.len()) };
+                decompressed.push(data);
+                slice
+            }
+            // Absent, or compressed and `object` built without decompression.
+            None => &[],
+        };
+        Ok(gimli::EndianSlice::new(data, gimli::NativeEndian))
+    })
+    .ok()?;
+    addr2line::Context::from_dwarf(dwarf).ok()
+}
+
+/// `/usr/lib/debug/.build-id/ab/cdef….debug`, where debuggers look for separate debug info.
+fn debug_file_path(build_id: &[u8]) -> PathBuf {
+    let hex: String = build_id.iter().map(|b| format!("{b:02x}")).collect();
+    let (dir, rest) = hex.split_at(2.min(hex.len()));
+    PathBuf::from(format!("/usr/lib/debug/.build-id/{dir}/{rest}.debug"))
+}
+
+/// Rust symbols demangled as the `backtrace` crate prints them (`{:#}`: without the hash),
+/// others as they are.
+fn demangle(raw: &[u8]) -> String {
+    format!("{:#}", backtrace::SymbolName::new(raw))
+}
+
+/// The exported symbol `dladdr` finds at `address`, from the loaded object's dynamic symbol
+/// table in memory.
+fn dladdr_name(address: usize) -> Option<String> {
+    // SAFETY: dladdr only reads the loader's tables; `info` is a valid out-pointer, and its
+    // `dli_sname` is NULL or a NUL-terminated name in a loaded object.
+    unsafe {
+        let mut info = std::mem::zeroed::<libc::Dl_info>();
+        if libc::dladdr(address as *const libc::c_void, &mut info) == 0 || info.dli_sname.is_null()
+        {
+            return None;
+        }
+        Some(demangle(
+            std::ffi::CStr::from_ptr(info.dli_sname).to_bytes(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_files_are_found_by_build_id() {
+        assert_eq!(
+            debug_file_path(&[0xab, 0xcd, 0x01]),
+            PathBuf::from("/usr/lib/debug/.build-id/ab/cd01.debug")
+        );
+    }
+
+    #[test]
+    fn a_shared_library_is_resolved_from_its_file() {
+        // libc's `getpid`, through the same path a plugin takes.
+        let mut objects = super::super::objects::Objects::default();
+        objects.refresh();
+        let address = libc::getpid as *const () as usize;
+        let libc = objects.find(address).expect("libc is loaded");
+        let frames = Resolver::default().frames(libc, address);
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.0.as_deref().is_some_and(|n| n.contains("getpid"))),
+            "{frames:?}"
+        );
+    }
+}
