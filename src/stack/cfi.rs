@@ -48,7 +48,7 @@ static GENERATION: AtomicU32 = AtomicU32::new(0);
 // The packed rule (a u64):
 //   bits  0..16  CFA offset
 //   bit  16      the CFA is based on rbp (else on rsp)
-//   bits 17..19  kind: NORMAL or END (0 = no rule)
+//   bits 17..19  kind: NORMAL, END or STOP (0 = no rule)
 //   bits 24..32  where rbp was saved, in words from the CFA (an i8; 0 = rbp unchanged)
 //   bits 32..64  tag: a hash of the address and the generation
 const RBP_BASE: u64 = 1 << 16;
@@ -56,6 +56,11 @@ const KIND_SHIFT: u32 = 17;
 const KIND_MASK: u64 = 3 << KIND_SHIFT;
 const NORMAL: u64 = 1 << KIND_SHIFT;
 const END: u64 = 2 << KIND_SHIFT;
+/// The module's unwind tables give no packable rule here (a DWARF expression: a signal
+/// trampoline such as glibc's `__restore_rt`, a PLT stub): the stack is cut short. Cached like
+/// a rule, since the tables of a loaded module do not change, so an allocation in a signal
+/// handler does not read `.eh_frame` again at the trampoline every time.
+const STOP: u64 = 3 << KIND_SHIFT;
 
 /// The set of `key`: code addresses are dense and varied in their low bits, so a shift and an
 /// xor spread them well enough, and keep a multiply off the critical path of the walk (each
@@ -174,8 +179,8 @@ fn walk(
                 return (n, false);
             }
         }
-        if rule & KIND_MASK == END {
-            return (n, true);
+        if rule & KIND_MASK != NORMAL {
+            return (n, rule & KIND_MASK == END);
         }
         let base = if rule & RBP_BASE != 0 { bp } else { sp };
         let Some(cfa) = base.checked_add((rule & 0xFFFF) as usize) else {
@@ -221,9 +226,11 @@ struct Module {
 #[inline(never)]
 fn miss(pc: usize) -> u64 {
     check_unloads();
-    find_module(pc)
-        .and_then(|module| rule_for(pc, &module))
-        .map_or(0, |rule| store(pc, rule))
+    // No module: nothing is cached (code could be mapped there later without an unload).
+    let Some(module) = find_module(pc) else {
+        return 0;
+    };
+    store(pc, rule_for(pc, &module).unwrap_or(STOP))
 }
 
 /// The packed rule for `pc` from its module's `.eh_frame`. The steps are separate functions
@@ -1115,10 +1122,14 @@ mod tests {
             let addresses = row_addresses(&module);
             let mut differ = Vec::new();
             let mut packed = 0;
+            let mut unpackable = None;
             for &pc in &addresses {
                 let ours = rule_for(pc as usize, &module);
                 let reference = gimli_rule(pc, &module);
                 packed += usize::from(ours.is_some());
+                if ours.is_none() {
+                    unpackable = Some(pc as usize);
+                }
                 if ours != reference {
                     differ.push(format!("{pc:#x}: ours {ours:x?}, gimli {reference:x?}"));
                 }
@@ -1135,6 +1146,10 @@ mod tests {
                 "{what}: {packed} of {} addresses packed",
                 addresses.len()
             );
+            // An address without a packable rule is cached as the end of a cut-short stack.
+            if let Some(pc) = unpackable {
+                assert_eq!(miss(pc) & KIND_MASK, STOP, "{what}: {pc:#x}");
+            }
         }
     }
 
