@@ -4,8 +4,15 @@
 //! symbolization at snapshot time) may allocate. Those allocations re-enter the global
 //! allocator; while a thread holds a [`Guard`], they go straight to the inner allocator and are
 //! not traced.
+//!
+//! A signal handler that allocates on this thread sees the flag too: while it is set, the
+//! handler's allocations are not recorded, so the per-thread buffers the recording uses (the
+//! raw frames in `tracer.rs`, the stack cache in `intern.rs`) have one user at a time. Compiler
+//! fences keep the flag's stores on the right side of the guarded work (a handler runs on the
+//! same thread, so no hardware fence is needed).
 
 use std::cell::Cell;
+use std::sync::atomic::{compiler_fence, Ordering::SeqCst};
 
 thread_local! {
     // Const-initialized and without a destructor: reading it never allocates and never registers
@@ -32,6 +39,7 @@ impl Guard {
                     None
                 } else {
                     flag.set(true);
+                    compiler_fence(SeqCst);
                     Some(Guard {
                         _not_send: std::marker::PhantomData,
                     })
@@ -51,6 +59,7 @@ impl Guard {
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
+        compiler_fence(SeqCst);
         let _ = IN_TRACER.try_with(|flag| flag.set(false));
     }
 }

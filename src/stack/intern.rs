@@ -153,39 +153,93 @@ pub(crate) fn intern_hashed(addresses: &[usize], hash: u64) -> Option<StackId> {
 fn intern_shared(addresses: &[usize], hash: u64) -> Option<StackId> {
     let shard_index = (hash >> (64 - SHARD_BITS)) as usize;
     let mut shard = TABLE[shard_index].0.lock();
-    let shard = &mut *shard;
-    let found = shard.index.find(hash, |&local| {
-        shard
-            .stacks
-            .get(local as usize)
-            .is_some_and(|r| r.hash == hash)
-            && shard.addresses_of(local) == addresses
-    });
-    if let Some(&local) = found {
-        return Some(make_id(shard_index, local));
-    }
-    let local = u32::try_from(shard.stacks.len()).ok()?;
-    // Ids stay below 2^31: the trace table keeps a flag in the top bit.
-    if local >= (u32::MAX >> (SHARD_BITS + 1)) {
-        return None;
-    }
-    let start = u32::try_from(shard.addresses.len()).ok()?;
-    let len = u32::try_from(addresses.len()).ok()?;
-    start.checked_add(len)?;
-    shard.addresses.try_reserve(addresses.len()).ok()?;
-    shard.stacks.try_reserve(1).ok()?;
-    let stacks = &shard.stacks;
-    shard
-        .index
-        .try_reserve(1, |&l| stacks.get(l as usize).map_or(0, |r| r.hash))
-        .ok()?;
-    shard.addresses.extend_from_slice(addresses);
-    shard.stacks.push(StackRecord { hash, start, len });
-    let stacks = &shard.stacks;
-    shard.index.insert_unique(hash, local, |&l| {
-        stacks.get(l as usize).map_or(0, |r| r.hash)
-    });
+    // Looking up and adding are separate functions, so that the stack holds only one of
+    // their frames at a time: in a debug build (no inlining, a stack slot for every
+    // temporary) the two together took 6.2 KiB of stack, which an allocation in a signal
+    // handler on a small alternate stack cannot spare.
+    let local = match shard.find(addresses, hash) {
+        Some(local) => local,
+        None => shard.add(addresses, hash)?,
+    };
     Some(make_id(shard_index, local))
+}
+
+impl Shard {
+    #[inline(never)]
+    fn find(&self, addresses: &[usize], hash: u64) -> Option<u32> {
+        self.index
+            .find(hash, |&local| {
+                self.stacks
+                    .get(local as usize)
+                    .is_some_and(|r| r.hash == hash)
+                    && self.addresses_of(local) == addresses
+            })
+            .copied()
+    }
+
+    /// Adds a stack not in the shard. Room is made first, then the stack is stored; each its
+    /// own function (allocator-api2's vector operations are always inlined, also in debug
+    /// builds, and all of them in one function made a 5 KiB frame there).
+    #[inline(never)]
+    fn add(&mut self, addresses: &[usize], hash: u64) -> Option<u32> {
+        let local = u32::try_from(self.stacks.len()).ok()?;
+        // Ids stay below 2^31: the trace table keeps a flag in the top bit.
+        if local >= (u32::MAX >> (SHARD_BITS + 1)) {
+            return None;
+        }
+        let start = u32::try_from(self.addresses.len()).ok()?;
+        let len = u32::try_from(addresses.len()).ok()?;
+        start.checked_add(len)?;
+        self.reserve_addresses(addresses.len())?;
+        self.reserve_record()?;
+        self.reserve_index()?;
+        self.store(addresses, StackRecord { hash, start, len }, local);
+        Some(local)
+    }
+
+    #[inline(never)]
+    fn reserve_addresses(&mut self, n: usize) -> Option<()> {
+        self.addresses.try_reserve(n).ok()
+    }
+
+    #[inline(never)]
+    fn reserve_record(&mut self) -> Option<()> {
+        self.stacks.try_reserve(1).ok()
+    }
+
+    #[inline(never)]
+    fn reserve_index(&mut self) -> Option<()> {
+        let stacks = &self.stacks;
+        self.index
+            .try_reserve(1, |&l| stacks.get(l as usize).map_or(0, |r| r.hash))
+            .ok()
+    }
+
+    /// Stores a stack; room was reserved.
+    fn store(&mut self, addresses: &[usize], record: StackRecord, local: u32) {
+        let hash = record.hash;
+        self.store_addresses(addresses);
+        self.store_record(record);
+        self.index_stack(hash, local);
+    }
+
+    #[inline(never)]
+    fn store_addresses(&mut self, addresses: &[usize]) {
+        self.addresses.extend_from_slice(addresses);
+    }
+
+    #[inline(never)]
+    fn store_record(&mut self, record: StackRecord) {
+        self.stacks.push(record);
+    }
+
+    #[inline(never)]
+    fn index_stack(&mut self, hash: u64, local: u32) {
+        let stacks = &self.stacks;
+        self.index.insert_unique(hash, local, |&l| {
+            stacks.get(l as usize).map_or(0, |r| r.hash)
+        });
+    }
 }
 
 #[inline]
