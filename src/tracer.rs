@@ -298,9 +298,9 @@ impl<A: GlobalAlloc> Tracer<A> {
         let old = if old_recorded {
             match forget(ptr as usize, false) {
                 Ok(old) => old,
-                // SAFETY: forwarded contract.
                 Err(table::Busy) => {
-                    return unsafe { self.realloc_by_moving(ptr, layout, new_size) }
+                    // SAFETY: forwarded contract.
+                    return unsafe { self.realloc_by_moving(ptr, layout, new_size) };
                 }
             }
         } else {
