@@ -124,9 +124,11 @@ pub fn set_sampling_seed(seed: u64) {
     sample::set_seed(seed);
 }
 
-/// Sets the peak to the current traced memory, to measure the peak of what follows.
+/// Sets the peak to the current traced memory, to measure the peak of what follows
+/// ([`peak_snapshot`] then shows what is live now until a higher peak is reached).
 pub fn reset_peak() {
-    counters::reset_peak();
+    // With every shard lock held: no block is between its record's change and the counter's.
+    table::with_all_locked(counters::reset_peak);
 }
 
 /// Frames kept per traceback, counted from the call site outward.
@@ -172,7 +174,43 @@ pub fn take_snapshot() -> Result<Snapshot, Error> {
     }
     // Everything allocated from here on is the tracer's, not the program's.
     let _guard = Guard::enter();
-    Ok(snapshot::take(tracer::limit(), tracer::capture_cap()))
+    Ok(snapshot::take(tracer::limit(), tracer::capture_cap(), true))
+}
+
+/// The report of what happened so far (see [`Snapshot::summary`]), with the process's resident
+/// memory and the tracer's own tables: the text `TRACEALLOC_REPORT` prints at exit.
+pub fn summary(limit: usize) -> Result<snapshot::Summary, Error> {
+    let snapshot = take_snapshot()?;
+    Ok(snapshot.summary_with(limit, "now", process_figures()))
+}
+
+pub(crate) fn process_figures() -> snapshot::ProcessFigures {
+    snapshot::ProcessFigures {
+        resident: crate::process_memory(),
+        tracer_tables: Some(tracer_memory()),
+    }
+}
+
+/// What was live when `traced_memory().peak` was reached (since tracing started, or the last
+/// [`reset_peak`] or [`clear_traces`]), grouped per stack: the answer to "why did my program
+/// need that much". A [`Snapshot`] like any other (see [`Snapshot::at_peak`] for what it knows
+/// of block sizes); [`take_snapshot`]`()?.at_peak()` gives the same with the live traces too.
+///
+/// Exact on one thread: its total is the traced peak. When threads allocate at once, the
+/// figures are those of one moment at the peak, except that an allocation or free another
+/// thread makes in the instant between the peak's counter update and its thread's next step
+/// may fall on either side (the counter and the per-stack figures are updated under different
+/// locks). Fails with [`Error::NotTracing`] when not tracing and [`Error::PeakNotKept`] while
+/// sampling (the per-stack peak figures are kept for exact tracing only).
+pub fn peak_snapshot() -> Result<Snapshot, Error> {
+    ensure_tracing()?;
+    if sample::mean() != 0 {
+        return Err(Error::PeakNotKept);
+    }
+    let _guard = Guard::enter();
+    snapshot::take(tracer::limit(), tracer::capture_cap(), false)
+        .at_peak()
+        .ok_or(Error::PeakNotKept)
 }
 
 /// `Ok` when the tracer is installed and tracing.

@@ -9,13 +9,37 @@
 //! bytes ever live at once.
 
 use crate::meta::Padded;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 // Each on cache lines of its own: `CURRENT` is written by every traced allocation and free, and
-// must not drag `PEAK` (read on every allocation, rarely written) or the read-mostly statics
-// around it (the tracer's status, the sampling mean) into every other core's cache misses.
+// must not drag the peak word (read by every table operation, written when a new peak is
+// reached) or the read-mostly statics around it (the tracer's status, the sampling mean) into
+// every other core's cache misses.
 static CURRENT: Padded<AtomicUsize> = Padded(AtomicUsize::new(0));
-static PEAK: Padded<AtomicUsize> = Padded(AtomicUsize::new(0));
+static PEAK: Padded<PeakWord> = Padded(PeakWord {
+    word: AtomicU64::new(0),
+    untimed: AtomicBool::new(true),
+    at: AtomicU64::new(0),
+});
+
+/// The peak and its generation in one word: `generation << PEAK_BITS | peak bytes`. The word
+/// changes exactly when a new peak is reached (the bytes rise) or the peak is reset (the
+/// generation rises), so it doubles as the *epoch* of the lazy per-site peak figures in
+/// `table.rs`: a site whose recorded epoch is not the current word has not changed since the
+/// current peak was reached, so what it holds now is what it held then. It is only changed with
+/// a shard lock held (a reset: all of them), so the generation is stable under any one.
+struct PeakWord {
+    word: AtomicU64,
+    /// A new peak was reached and nothing has decreased `current` since: the peak is "now".
+    untimed: AtomicBool,
+    /// CLOCK_MONOTONIC_COARSE nanoseconds of the first decrease after the last peak.
+    at: AtomicU64,
+}
+
+/// Bytes in the peak word: 16 TiB; a larger `current` saturates there.
+const PEAK_BITS: u32 = 44;
+const PEAK_MASK: u64 = (1 << PEAK_BITS) - 1;
+
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static LOST_RELEASES: AtomicU64 = AtomicU64::new(0);
 /// CLOCK_MONOTONIC nanoseconds when tracing last started; 0 = not yet.
@@ -52,17 +76,71 @@ pub(crate) fn replaced(old: usize, size: usize) {
     if size >= old {
         let grow = size - old;
         let now = CURRENT.0.fetch_add(grow, Relaxed).wrapping_add(grow);
-        if now > PEAK.0.load(Relaxed) {
-            PEAK.0.fetch_max(now, Relaxed);
-        }
+        raise(now);
     } else {
         CURRENT.0.fetch_sub(old - size, Relaxed);
+        decreased();
     }
+}
+
+/// Raises the peak to `now` bytes if it is higher.
+#[inline(always)]
+fn raise(now: usize) {
+    let word = PEAK.0.word.load(Relaxed);
+    let now = (now as u64).min(PEAK_MASK);
+    if now > word & PEAK_MASK {
+        // The generation is stable: the caller holds a shard lock, a reset holds them all.
+        PEAK.0.word.fetch_max(word & !PEAK_MASK | now, Relaxed);
+        if !PEAK.0.untimed.load(Relaxed) {
+            PEAK.0.untimed.store(true, Relaxed);
+        }
+    }
+}
+
+/// `current` went down: if it was at a new peak, that peak's time is now.
+#[inline(always)]
+fn decreased() {
+    if PEAK.0.untimed.load(Relaxed) {
+        time_peak();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn time_peak() {
+    if PEAK.0.untimed.swap(false, Relaxed) {
+        PEAK.0.at.store(coarse_nanos(), Relaxed);
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE (a vDSO read of the last tick, no syscall), in the same time base
+/// as [`now_nanos`] to within a tick.
+fn coarse_nanos() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE exists on Linux.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts)
+    };
+    #[cfg(not(target_os = "linux"))]
+    return now_nanos();
+    #[allow(unreachable_code)]
+    ((ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64)
+}
+
+/// The epoch of the lazy per-site peak figures (see [`PeakWord`]).
+#[inline(always)]
+pub(crate) fn epoch() -> u64 {
+    PEAK.0.word.load(Relaxed)
 }
 
 #[inline]
 pub(crate) fn removed(size: usize) {
     CURRENT.0.fetch_sub(size, Relaxed);
+    decreased();
 }
 
 /// A block the tracer could not record (its own memory ran out).
@@ -86,7 +164,27 @@ pub(crate) fn current() -> usize {
 }
 
 pub(crate) fn peak() -> usize {
-    PEAK.0.load(Relaxed)
+    (PEAK.0.word.load(Relaxed) & PEAK_MASK) as usize
+}
+
+/// The peak bytes of an epoch (see [`epoch`]).
+pub(crate) fn peak_of(epoch: u64) -> u64 {
+    epoch & PEAK_MASK
+}
+
+/// When the peak was reached, as time since tracing started: the moment `current` first went
+/// down after it (to within a clock tick, 4 ms on most Linux systems), or now if it has not.
+pub(crate) fn peak_since_start() -> Option<std::time::Duration> {
+    let start = STARTED_AT.load(Relaxed);
+    if start == 0 {
+        return None;
+    }
+    let at = if PEAK.0.untimed.load(Relaxed) {
+        now_nanos()
+    } else {
+        PEAK.0.at.load(Relaxed)
+    };
+    Some(std::time::Duration::from_nanos(at.saturating_sub(start)))
 }
 
 pub(crate) fn dropped_blocks() -> u64 {
@@ -97,11 +195,17 @@ pub(crate) fn dropped_blocks() -> u64 {
 /// need be.
 pub(crate) fn set_current(bytes: usize) {
     CURRENT.0.store(bytes, Relaxed);
-    PEAK.0.fetch_max(bytes, Relaxed);
+    raise(bytes);
 }
 
+/// Sets the peak to `current`: a new peak generation. Call with every shard lock held (see
+/// `table::with_all_locked`), so that no site changes between the two.
 pub(crate) fn reset_peak() {
-    PEAK.0.store(CURRENT.0.load(Relaxed), Relaxed);
+    let word = PEAK.0.word.load(Relaxed);
+    let generation = (word >> PEAK_BITS).wrapping_add(1) & ((1 << (64 - PEAK_BITS)) - 1);
+    let now = (CURRENT.0.load(Relaxed) as u64).min(PEAK_MASK);
+    PEAK.0.word.store(generation << PEAK_BITS | now, Relaxed);
+    PEAK.0.untimed.store(true, Relaxed);
 }
 
 /// Zeroes the dropped count (at `start`); totals live in the table's shards.

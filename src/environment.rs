@@ -1,8 +1,10 @@
 //! Environment switches read once, at the first allocation (like `PYTHONTRACEMALLOC`):
 //!
 //! - `TRACEALLOC_FRAMES=N`: the traceback limit (1..=256).
-//! - `TRACEALLOC_REPORT=N`: at exit, print the top N lines, current and peak traced memory and
-//!   the process's peak resident memory to stderr.
+//! - `TRACEALLOC_REPORT=N`: at exit, print the report (`tracealloc::summary`) to stderr: the
+//!   peak and the top N lines live at it, the top N lines by bytes allocated, by allocation
+//!   calls and by temporary allocations, what is still live, by crate, allocation sizes, the
+//!   process's resident memory.
 //! - `TRACEALLOC_DUMP=path`: at exit, write a snapshot to `path` (see `Snapshot::load`).
 //! - `TRACEALLOC_ATTRIBUTION=innermost`: attribute traces to their innermost frame outside the
 //!   allocator and std, dependencies included, instead of the program's own line (`own`, the
@@ -120,33 +122,9 @@ fn exit_work() {
         }
     }
     if lines > 0 {
-        let memory = crate::traced_memory();
-        let mut text = format!(
-            "tracealloc: top {lines} lines at exit\n{}\n",
-            snapshot.report(crate::GroupBy::Line, lines)
-        );
-        // Which dependency holds the memory, when more than one crate does.
-        let by_crate = snapshot.report(crate::GroupBy::Crate, lines.min(5));
-        if snapshot.statistics(crate::GroupBy::Crate).len() > 1 {
-            text += &format!("tracealloc: by crate at exit\n{by_crate}\n");
-        }
-        text += &format!(
-            "tracealloc: traced memory at exit {}, peak {}; tracer tables {}",
-            crate::format_size(memory.current as f64, false),
-            crate::format_size(memory.peak as f64, false),
-            crate::format_size(crate::tracer_memory() as f64, false)
-        );
-        match crate::process_memory() {
-            Some(process) => {
-                text += &format!(
-                    "; process resident {}, peak resident {} ({:.0}% of it traced at the peak)\n",
-                    crate::format_size(process.resident as f64, false),
-                    crate::format_size(process.peak_resident as f64, false),
-                    100.0 * memory.peak as f64 / process.peak_resident.max(1) as f64
-                )
-            }
-            None => text += "\n",
-        }
+        let text = snapshot
+            .summary_with(lines, "at exit", crate::control::process_figures())
+            .to_string();
         let _ = std::io::stderr().write_all(text.as_bytes());
     }
 }

@@ -36,6 +36,10 @@ pub enum Error {
     /// Allocation totals were asked of a snapshot that does not have them (read from a file
     /// written in format version 1).
     AllocationTotalsUnknown,
+    /// The peak breakdown was asked while sampling (it is kept for exact tracing only), or of
+    /// a snapshot that does not carry it (sampled, or read from a file of format version 1
+    /// or 2).
+    PeakNotKept,
     /// A timeline interval under 1 ms.
     InvalidInterval {
         /// The interval asked for.
@@ -110,6 +114,11 @@ impl fmt::Display for Error {
             Error::AllocationTotalsUnknown => f.write_str(
                 "this snapshot has no allocation totals (it was read from a file written by an \
                  older tracealloc, format version 1); only live memory can be shown",
+            ),
+            Error::PeakNotKept => f.write_str(
+                "what was live at the peak is not known here: it is kept while tracing every \
+                 allocation, not while sampling (call tracealloc::set_sampling(None) first), \
+                 and files written before format version 3 do not carry it",
             ),
             Error::InvalidInterval { interval } => write!(
                 f,

@@ -99,8 +99,9 @@ mod tracer;
 mod macros;
 
 pub use control::{
-    capture_mode, clear_traces, is_tracing, object_traceback, reset_peak, sampling, set_sampling,
-    set_sampling_seed, start, stop, take_snapshot, traceback_limit, traced_memory,
+    capture_mode, clear_traces, is_tracing, object_traceback, peak_snapshot, reset_peak, sampling,
+    set_sampling,
+    set_sampling_seed, start, stop, summary, take_snapshot, traceback_limit, traced_memory,
     tracer_allocations, tracer_memory, TracedMemory,
 };
 pub use environment::{process_memory, ProcessMemory};
@@ -108,8 +109,8 @@ pub use error::Error;
 pub use format::format_size;
 pub use sample::DEFAULT_SAMPLE_MEAN;
 pub use snapshot::{
-    Attribution, Filter, Frame, GroupBy, Metric, Report, Snapshot, Statistic, StatisticDiff, Trace,
-    Traceback,
+    Attribution, Filter, Frame, GroupBy, Metric, Report, SizeBucket, Snapshot, Statistic,
+    StatisticDiff, Summary, Trace, Traceback,
 };
 pub use stack::CaptureMode;
 #[doc(hidden)]

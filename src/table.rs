@@ -37,14 +37,73 @@ pub(crate) struct Entry {
     pub(crate) scope: u32,
 }
 
-/// What one stack allocated in one shard and no longer holds there (freed, reallocated, or
-/// dropped from the table by `clear`). Allocation totals per stack are live + released, so the
-/// hot path pays one probe of a small table under the lock it already holds, and no atomic.
+/// What one stack did in one shard: allocated since the totals were reset, holds now, held at
+/// the peak, freed as temporaries. Kept under the shard lock the operation holds anyway: one
+/// probe of a small table per allocation and per free, and no atomic.
+///
+/// The peak figures are lazy (memray's high-water-mark bookkeeping): `epoch` is the peak word
+/// (`counters::epoch`) when the site last changed. If the word has changed since, a new peak
+/// (or a reset) came after the site's last change, so what it holds now is what it held at
+/// the peak; otherwise `peak_*` is, saved at the site's first change after that peak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Released {
+struct Site {
+    stack: StackId,
+    allocated_bytes: u64,
+    allocated_blocks: u64,
+    live_bytes: u64,
+    live_blocks: u64,
+    peak_bytes: u64,
+    peak_blocks: u64,
+    epoch: u64,
+    /// Blocks freed by the thread that allocated them before it allocated again (heaptrack's
+    /// temporary allocations), and their bytes.
+    temporary_blocks: u64,
+    temporary_bytes: u64,
+}
+
+impl Site {
+    /// Brings the peak figures to `epoch` before a change.
+    #[inline(always)]
+    fn sync(&mut self, epoch: u64) {
+        if self.epoch != epoch {
+            self.peak_bytes = self.live_bytes;
+            self.peak_blocks = self.live_blocks;
+            self.epoch = epoch;
+        }
+    }
+
+    /// What the site held at the peak of `epoch`.
+    fn at_peak(&self, epoch: u64) -> (u64, u64) {
+        if self.epoch == epoch {
+            (self.peak_bytes, self.peak_blocks)
+        } else {
+            (self.live_bytes, self.live_blocks)
+        }
+    }
+}
+
+/// What one stack did in one shard, as snapshots read it (see [`copy_sites_into`]). Blocks
+/// are in 1/`BLOCK_UNIT`ths while sampling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SiteFigures {
     pub(crate) stack: StackId,
-    pub(crate) bytes: u64,
-    pub(crate) blocks: u64,
+    /// Recorded and no longer held (freed, reallocated, or dropped from the table by `clear`).
+    pub(crate) released_bytes: u64,
+    pub(crate) released_blocks: u64,
+    /// Held when the peak was reached.
+    pub(crate) peak_bytes: u64,
+    pub(crate) peak_blocks: u64,
+    pub(crate) temporary_bytes: u64,
+    pub(crate) temporary_blocks: u64,
+}
+
+/// Power-of-two buckets of requested sizes: bucket `i > 0` counts sizes from `2^(i-1)` to
+/// `2^i - 1`, bucket 0 zero-sized requests.
+pub(crate) const SIZE_BUCKETS: usize = 65;
+
+#[inline(always)]
+pub(crate) fn size_bucket(size: usize) -> usize {
+    (usize::BITS - size.leading_zeros()) as usize
 }
 
 /// A live block as the table stores it: 16 bytes (with hashbrown's control byte, 17 a
@@ -69,8 +128,10 @@ struct Shard {
     scoped: HashTable<(usize, u32), MetaAlloc>,
     /// Address → size, for live blocks of `BIG` bytes or more.
     big: HashTable<(usize, usize), MetaAlloc>,
-    /// Per stack, what this shard recorded and no longer holds.
-    released: HashTable<Released, MetaAlloc>,
+    /// Per stack, what this shard recorded, holds, held at the peak.
+    sites: HashTable<Site, MetaAlloc>,
+    /// Blocks recorded per size bucket (see [`size_bucket`]).
+    sizes: [u64; SIZE_BUCKETS],
     /// Bytes and blocks recorded in this shard since the totals were last reset.
     allocated_bytes: u64,
     allocated_blocks: u64,
@@ -86,7 +147,8 @@ impl Shard {
             live: HashTable::new_in(MetaAlloc),
             scoped: HashTable::new_in(MetaAlloc),
             big: HashTable::new_in(MetaAlloc),
-            released: HashTable::new_in(MetaAlloc),
+            sites: HashTable::new_in(MetaAlloc),
+            sizes: [0; SIZE_BUCKETS],
             allocated_bytes: 0,
             allocated_blocks: 0,
             held: 0,
@@ -199,41 +261,51 @@ impl Shard {
         }
     }
 
-    /// Adds (or, with `add` false, takes back) one released block of `stack`.
+    /// The site of `stack`, its peak figures brought to `epoch`; `None` when it is new and
+    /// the table cannot grow (counted in `counters::lost_release`: the totals become unknown).
     #[inline(always)]
-    fn release(&mut self, stack: StackId, weight: sample::Weight, add: bool) {
+    fn site(&mut self, stack: StackId, epoch: u64) -> Option<&mut Site> {
         let h = stack_hash(stack);
-        let sample::Weight { bytes, blocks } = weight;
-        if let Some(r) = self.released.find_mut(h, |r| r.stack == stack) {
-            if add {
-                r.bytes += bytes;
-                r.blocks += blocks;
-            } else {
-                r.bytes = r.bytes.saturating_sub(bytes);
-                r.blocks = r.blocks.saturating_sub(blocks);
-            }
-            return;
-        }
-        if !add {
-            return;
-        }
-        if self
-            .released
-            .try_reserve(1, |r| stack_hash(r.stack))
-            .is_err()
-        {
+        if self.sites.try_reserve(1, |r| stack_hash(r.stack)).is_err() {
             counters::lost_release();
-            return;
+            return None;
         }
-        self.released.insert_unique(
-            h,
-            Released {
-                stack,
-                bytes,
-                blocks,
-            },
-            |r| stack_hash(r.stack),
-        );
+        let site = match self
+            .sites
+            .entry(h, |r| r.stack == stack, |r| stack_hash(r.stack))
+        {
+            hashbrown::hash_table::Entry::Occupied(o) => o.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(v) => v
+                .insert(Site {
+                    stack,
+                    allocated_bytes: 0,
+                    allocated_blocks: 0,
+                    live_bytes: 0,
+                    live_blocks: 0,
+                    peak_bytes: 0,
+                    peak_blocks: 0,
+                    // New: it held nothing at the current peak.
+                    epoch,
+                    temporary_blocks: 0,
+                    temporary_bytes: 0,
+                })
+                .into_mut(),
+        };
+        site.sync(epoch);
+        Some(site)
+    }
+
+    /// One block of `stack` leaves the table (freed, reallocated, replaced).
+    #[inline(always)]
+    fn release(&mut self, stack: StackId, weight: sample::Weight, temporary: bool) {
+        if let Some(site) = self.site(stack, counters::epoch()) {
+            site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
+            site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
+            if temporary {
+                site.temporary_blocks += weight.blocks;
+                site.temporary_bytes += weight.bytes;
+            }
+        }
     }
 }
 
@@ -339,6 +411,13 @@ pub(crate) fn insert(
     shard.allocated_bytes += weight.bytes;
     shard.allocated_blocks += weight.blocks;
     shard.held += weight.bytes;
+    shard.sizes[size_bucket(size)] += weight.blocks;
+    if let Some(site) = shard.site(stack, counters::epoch()) {
+        site.allocated_bytes += weight.bytes;
+        site.allocated_blocks += weight.blocks;
+        site.live_bytes += weight.bytes;
+        site.live_blocks += weight.blocks;
+    }
     if sample::mean() != 0 {
         sample::mark(address);
     }
@@ -355,7 +434,7 @@ pub(crate) fn insert(
     if sample::mean() != 0 {
         sample::unmark(address);
     }
-    shard.release(old.stack, old_weight, true);
+    shard.release(old.stack, old_weight, false);
     let Ok(slot) = shard.pack(address, size, stack, scope, h) else {
         if let Ok(e) = shard.live.find_entry(h, |s| s.address == address) {
             e.remove();
@@ -363,6 +442,13 @@ pub(crate) fn insert(
         shard.allocated_bytes -= weight.bytes;
         shard.allocated_blocks -= weight.blocks;
         shard.held -= weight.bytes;
+        shard.sizes[size_bucket(size)] -= weight.blocks;
+        if let Some(site) = shard.site(stack, counters::epoch()) {
+            site.allocated_bytes = site.allocated_bytes.saturating_sub(weight.bytes);
+            site.allocated_blocks = site.allocated_blocks.saturating_sub(weight.blocks);
+            site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
+            site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
+        }
         if sample::mean() != 0 {
             sample::unmark(address);
         }
@@ -391,7 +477,10 @@ pub(crate) fn restore(entry: Entry) -> bool {
     shard.live.insert_unique(h, slot, rehash);
     let weight = sample::weight(entry.size);
     shard.held += weight.bytes;
-    shard.release(entry.stack, weight, false);
+    if let Some(site) = shard.site(entry.stack, counters::epoch()) {
+        site.live_bytes += weight.bytes;
+        site.live_blocks += weight.blocks;
+    }
     if sample::mean() != 0 {
         sample::mark(entry.address);
     }
@@ -400,14 +489,19 @@ pub(crate) fn restore(entry: Entry) -> bool {
 
 /// Removes the record of `address`; returns it with the bytes it counted for in `current`.
 /// With `count` false, `current` is left to the caller: a `realloc` subtracts the old block in
-/// the same operation that adds the new one (see [`counters::replaced`]).
+/// the same operation that adds the new one (see [`counters::replaced`]). `temporary`: the
+/// block is freed by the thread that allocated it, before that thread allocated again.
 ///
 /// `Err(Busy)`, removing nothing, when this thread holds a lock the removal needs: the shard's
 /// (a signal handler interrupted this thread inside the table) or, for a block made in a
 /// measurement scope, the scope registry's (inside the scopes' bookkeeping), which the caller
 /// takes next.
 #[inline(always)]
-pub(crate) fn remove(address: usize, count: bool) -> Result<Option<(Entry, usize)>, Busy> {
+pub(crate) fn remove(
+    address: usize,
+    count: bool,
+    temporary: bool,
+) -> Result<Option<(Entry, usize)>, Busy> {
     let (mut shard, h) = locate_unless_mine(address)?;
     let Ok(found) = shard.live.find_entry(h, |s| s.address == address) else {
         return Ok(None);
@@ -427,7 +521,7 @@ pub(crate) fn remove(address: usize, count: bool) -> Result<Option<(Entry, usize
         }
     };
     let weight = sample::weight(entry.size);
-    shard.release(entry.stack, weight, true);
+    shard.release(entry.stack, weight, temporary);
     shard.held -= weight.bytes;
     if sample::mean() != 0 {
         sample::unmark(address);
@@ -461,14 +555,52 @@ pub(crate) fn copy_into(out: &mut Vec<Entry>) {
     );
 }
 
-/// Appends every shard's released totals (one record per stack and shard; the caller adds
-/// them up by stack).
-pub(crate) fn copy_released_into(out: &mut Vec<Released>) {
-    copy_from_shards(
-        out,
-        |shard| shard.released.len(),
-        |shard, out| out.extend(shard.released.iter().copied()),
-    );
+/// Appends every shard's site figures (one record per stack and shard; the caller adds them
+/// up by stack) and returns the size histogram, all as of one moment: every shard lock is held
+/// for the copy, so the peak figures of all shards belong to the same peak (a peak reached
+/// between two shards' copies would mix two). `out` grows only while no lock is held.
+/// Also returns the traced peak the figures belong to.
+pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> ([u64; SIZE_BUCKETS], u64) {
+    loop {
+        let n: usize = SHARDS_TABLE.iter().map(|s| lock(s).sites.len()).sum();
+        out.reserve(n + n / 8 + 64);
+        let room = out.capacity() - out.len();
+        let shards: [SpinGuard<'static, Shard>; SHARDS] =
+            std::array::from_fn(|i| lock(&SHARDS_TABLE[i]));
+        if shards.iter().map(|s| s.sites.len()).sum::<usize>() > room {
+            continue;
+        }
+        let epoch = counters::epoch();
+        let mut sizes = [0u64; SIZE_BUCKETS];
+        for shard in &shards {
+            for (total, n) in sizes.iter_mut().zip(shard.sizes.iter()) {
+                *total += n;
+            }
+            out.extend(shard.sites.iter().map(|site| {
+                let (peak_bytes, peak_blocks) = site.at_peak(epoch);
+                SiteFigures {
+                    stack: site.stack,
+                    released_bytes: site.allocated_bytes.saturating_sub(site.live_bytes),
+                    released_blocks: site.allocated_blocks.saturating_sub(site.live_blocks),
+                    peak_bytes,
+                    peak_blocks,
+                    temporary_bytes: site.temporary_bytes,
+                    temporary_blocks: site.temporary_blocks,
+                }
+            }));
+        }
+        return (sizes, counters::peak_of(epoch));
+    }
+}
+
+/// Runs `f` with every shard lock held: no table operation runs meanwhile (a reset of the
+/// peak must not fall between a site's change and the counter's).
+pub(crate) fn with_all_locked<R>(f: impl FnOnce() -> R) -> R {
+    let shards: [SpinGuard<'static, Shard>; SHARDS] =
+        std::array::from_fn(|i| lock(&SHARDS_TABLE[i]));
+    let r = f();
+    drop(shards);
+    r
 }
 
 /// Appends `copy(shard)` of every shard to `out`, one shard lock at a time. `out` grows only
@@ -517,11 +649,15 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
         if reset_totals {
             shard.allocated_bytes = 0;
             shard.allocated_blocks = 0;
-            shard.released = HashTable::new_in(MetaAlloc);
+            shard.sites = HashTable::new_in(MetaAlloc);
+            shard.sizes = [0; SIZE_BUCKETS];
         } else {
-            for slot in &live {
-                let e = shard.unpack(slot, address_hash(slot.address));
-                shard.release(e.stack, sample::weight(e.size), true);
+            // The cleared blocks count as released; the caller resets the peak (in `then`).
+            let epoch = counters::epoch();
+            for site in shard.sites.iter_mut() {
+                site.sync(epoch);
+                site.live_bytes = 0;
+                site.live_blocks = 0;
             }
         }
         held += shard.held;
@@ -616,7 +752,7 @@ mod tests {
                     assert_eq!(stale.map(|e| (e.size, e.stack, e.scope)), before);
                 }
                 2 => {
-                    let removed = remove(address, true)
+                    let removed = remove(address, true, false)
                         .expect("not busy")
                         .map(|(e, _)| (e.size, e.stack, e.scope));
                     assert_eq!(removed, model.remove(&address));
@@ -631,8 +767,8 @@ mod tests {
         assert_eq!(counters::current() - base, held);
         // Allocation totals per stack: live + released adds up to what was allocated.
         let mut released = Vec::new();
-        copy_released_into(&mut released);
-        let released: u64 = released.iter().map(|r| r.bytes).sum();
+        let _ = copy_sites_into(&mut released);
+        let released: u64 = released.iter().map(|r| r.released_bytes).sum();
         assert_eq!(released + held as u64, totals().0);
         let mut copy = Vec::new();
         copy_into(&mut copy);

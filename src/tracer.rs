@@ -20,7 +20,7 @@ use crate::scope;
 use crate::stack::{capture, intern};
 use crate::table;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
@@ -364,6 +364,9 @@ fn defer(ptr: *mut u8, layout: Layout) {
 }
 
 thread_local! {
+    /// The address of the last block this thread recorded (0 once freed): a free of it, with
+    /// no allocation between, is a temporary allocation as heaptrack defines them.
+    static LAST_RECORDED: Cell<usize> = const { Cell::new(0) };
     /// The raw return addresses of the capture in progress: per thread rather than on the
     /// stack, so a traced allocation needs 3 KiB less stack (see `record`). Const-initialized,
     /// without a destructor: usable inside the allocator at any time, thread teardown included.
@@ -407,6 +410,7 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
     };
     match table::insert(address, size, stack, scope, credit) {
         Ok(stale) => {
+            let _ = LAST_RECORDED.try_with(|last| last.set(address));
             if let Some(stale) = stale {
                 scope::freed(&stale);
             }
@@ -427,7 +431,18 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
 /// this thread holds a lock it needs (a signal handler).
 #[inline(always)]
 fn forget(address: usize, count: bool) -> Result<Option<(table::Entry, usize)>, table::Busy> {
-    let Some((entry, weight)) = table::remove(address, count)? else {
+    // A free (not a `realloc`) of this thread's last recorded block is a temporary.
+    let temporary = count
+        && LAST_RECORDED
+            .try_with(|last| {
+                let hit = last.get() == address;
+                if hit {
+                    last.set(0);
+                }
+                hit
+            })
+            .unwrap_or(false);
+    let Some((entry, weight)) = table::remove(address, count, temporary)? else {
         return Ok(None);
     };
     if entry.scope != 0 {

@@ -49,8 +49,36 @@ fn a_version_1_file_loads_without_allocation_totals() {
 }
 
 #[test]
+fn a_version_2_file_loads_without_the_peak() {
+    let snapshot = load("valid_v2.tracealloc").unwrap();
+    assert_eq!(snapshot.allocated_total(), Some((2112 + 4096, 5)));
+    assert_eq!(snapshot.peak_size(), None);
+    assert!(snapshot.at_peak().is_none());
+    assert!(snapshot.size_histogram().is_none());
+    let temporary = snapshot.temporary_statistics(GroupBy::Line).unwrap();
+    assert!(temporary.is_empty());
+}
+
+#[test]
 fn the_independently_written_valid_file_loads() {
     let snapshot = load("valid.tracealloc").unwrap();
+    // The peak: 8192 B in 4 blocks of the one stack, 1.25 s after tracing started.
+    assert_eq!(snapshot.peak_size(), Some(8192));
+    assert_eq!(
+        snapshot.peak_time(),
+        Some(std::time::Duration::from_millis(1250))
+    );
+    let peak = snapshot.at_peak().unwrap();
+    assert_eq!(
+        peak.statistics(GroupBy::Line)[0].to_string(),
+        "src/main.rs:41: size=8192 B, count=4, average=2048 B"
+    );
+    let temporary = snapshot.temporary_statistics(GroupBy::Line).unwrap();
+    assert_eq!((temporary[0].size, temporary[0].count), (1024, 1));
+    let sizes = snapshot.size_histogram().unwrap();
+    assert_eq!(sizes.len(), 13);
+    assert_eq!((sizes[7].min, sizes[7].max, sizes[7].blocks), (64, 127, 1));
+    assert_eq!((sizes[12].min, sizes[12].max, sizes[12].blocks), (2048, 4095, 4));
     // 2 live blocks (2112 B) and 3 released ones (4096 B) from the same stack.
     assert_eq!(snapshot.allocated_total(), Some((2112 + 4096, 5)));
     assert_eq!(
@@ -188,6 +216,19 @@ fn every_damaged_file_gets_its_own_error() {
             "v1_with_totals.bin",
             0,
             "bytes left over after the last trace",
+        ),
+        ("bad_peak_flag.bin", 0, "peak flag 3 is neither 0 nor 1"),
+        ("zero_block_peak_group.bin", 0, "a peak group of 0 blocks"),
+        (
+            "peak_traceback_out_of_range.bin",
+            0,
+            "a peak group's traceback: index 9 out of range (only 1)",
+        ),
+        ("too_many_size_buckets.bin", 0, "66 size buckets (there are 65)"),
+        (
+            "temporaries_exceed_totals.bin",
+            0,
+            "more temporary allocations than allocations",
         ),
     ];
     let mut problems = std::collections::HashSet::new();

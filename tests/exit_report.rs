@@ -13,6 +13,18 @@ fn child_workload() {
     let Ok(how) = std::env::var("EXIT_REPORT_CHILD") else {
         return;
     };
+    if how == "free" {
+        // A well-behaved program: a 40 MB peak at a known line, everything freed by exit,
+        // and a loop of temporaries.
+        let (buffer, line) = (vec![1u8; 40_000_000], line!());
+        std::hint::black_box(&buffer);
+        drop(buffer);
+        for i in 0..300 {
+            std::hint::black_box(format!("{i:>50}"));
+        }
+        println!("peak at line {line} temporaries at line {}", line!() - 2);
+        return;
+    }
     let (kept, line) = (vec![7u8; 3_333_333], line!());
     std::mem::forget(kept);
     println!("kept at line {line}");
@@ -62,7 +74,7 @@ fn report_at_exit_after_main_returns_and_after_process_exit() {
         let (stdout, stderr) = run_child(how, &[("TRACEALLOC_REPORT", "5")]);
         let line = kept_line(&stdout);
         assert!(
-            stderr.contains("tracealloc: top 5 lines at exit"),
+            stderr.contains("tracealloc: top 5 lines live at exit"),
             "{how}: {stderr}"
         );
         assert!(
@@ -71,12 +83,47 @@ fn report_at_exit_after_main_returns_and_after_process_exit() {
             )),
             "{how}: {stderr}"
         );
-        assert!(
-            stderr.contains("tracealloc: traced memory at exit"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("tracealloc: peak "), "{stderr}");
         assert!(stderr.contains("peak resident"), "{stderr}");
+        assert!(stderr.contains("tracer tables"), "{stderr}");
     }
+}
+
+#[test]
+fn the_report_names_the_peak_of_a_program_that_frees_everything() {
+    let (stdout, stderr) = run_child("free", &[("TRACEALLOC_REPORT", "5")]);
+    let at = stdout.find("peak at line ").expect("the child ran");
+    let words: Vec<&str> = stdout[at..].split_whitespace().collect();
+    let (peak_line, temporary_line) = (words[3], words[7]);
+    // The peak section names the 40 MB line and shows its source.
+    let peak = stderr
+        .split("tracealloc: top 5 lines at the peak")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no peak section: {stderr}"));
+    let first = peak.lines().nth(1).unwrap();
+    assert_eq!(
+        first,
+        format!("#1: tests/exit_report.rs:{peak_line}: size=38.1 MiB, count=1, average=38.1 MiB"),
+        "{stderr}"
+    );
+    assert!(
+        peak.lines().nth(2).unwrap().contains("vec![1u8; 40_000_000]"),
+        "{stderr}"
+    );
+    // The traffic sections, temporaries (the `format!` loop) and sizes.
+    assert!(stderr.contains("lines by bytes allocated"), "{stderr}");
+    assert!(stderr.contains("lines by allocation calls"), "{stderr}");
+    let temporaries = stderr
+        .split("tracealloc: temporary allocations")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no temporaries: {stderr}"));
+    assert!(
+        temporaries.contains(&format!("tests/exit_report.rs:{temporary_line}: size=")),
+        "{stderr}"
+    );
+    assert!(temporaries.contains("count=300,"), "{stderr}");
+    assert!(stderr.contains("tracealloc: allocation sizes"), "{stderr}");
+    assert!(stderr.contains("32.0 MiB - 64.0 MiB"), "{stderr}");
 }
 
 #[test]

@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! tracealloc top FILE [--by line|file|function|traceback|crate] [-n 10] [--include GLOB] [--exclude GLOB]
+//!                     [--allocated | --peak | --temporary | --cumulative]
+//! tracealloc report FILE [-n 10]
 //! tracealloc diff OLD NEW [--by ...] [-n 10]
-//! tracealloc flamegraph FILE -o out.svg [--allocated]
-//! tracealloc pprof FILE -o out.pb.gz
-//! tracealloc dhat FILE -o out.json [--live]
+//! tracealloc flamegraph FILE -o out.svg [--allocated | --peak | --temporary]
+//! tracealloc pprof FILE -o out.pb.gz [--peak]
+//! tracealloc dhat FILE -o out.json [--live | --peak | --temporary]
 //! ```
 //!
 //! `--attribution innermost` (any subcommand) attributes traces to their innermost frame outside
@@ -80,11 +82,26 @@ enum Command {
         #[arg(long)]
         exclude: Vec<String>,
         /// Count everything allocated since tracing started, not only live memory.
-        #[arg(long, conflicts_with = "cumulative")]
+        #[arg(long, conflicts_with_all = ["cumulative", "peak", "temporary"])]
         allocated: bool,
+        /// What was live when the traced peak was reached.
+        #[arg(long, conflicts_with = "temporary")]
+        peak: bool,
+        /// Temporary allocations: blocks freed by their thread before it allocated again.
+        #[arg(long, conflicts_with = "cumulative")]
+        temporary: bool,
         /// Count each frame of every traceback (what a function and its callees hold).
         #[arg(long)]
         cumulative: bool,
+    },
+    /// The report of what happened: the peak, allocation traffic, temporaries, what is still
+    /// live, crates, sizes (as TRACEALLOC_REPORT prints at exit).
+    Report {
+        /// Snapshot file.
+        file: PathBuf,
+        /// How many lines per section.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        limit: usize,
     },
     /// What grew and shrank from OLD to NEW, as tracemalloc's compare_to.
     Diff {
@@ -107,8 +124,14 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// Show everything allocated since tracing started instead of live memory.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["peak", "temporary"])]
         allocated: bool,
+        /// Show what was live at the traced peak.
+        #[arg(long, conflicts_with = "temporary")]
+        peak: bool,
+        /// Show temporary allocations.
+        #[arg(long)]
+        temporary: bool,
     },
     /// A gzipped pprof profile (go tool pprof, Pyroscope, Parca, Grafana, speedscope).
     Pprof {
@@ -117,6 +140,9 @@ enum Command {
         /// Output file, conventionally *.pb.gz.
         #[arg(short = 'o', long)]
         output: PathBuf,
+        /// The profile of what was live at the traced peak.
+        #[arg(long)]
+        peak: bool,
     },
     /// DHAT JSON for Valgrind's dh_view.html (allocation totals; --live for live memory).
     Dhat {
@@ -126,17 +152,33 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// Show live memory instead of allocation totals.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["peak", "temporary"])]
         live: bool,
+        /// Show what was live at the traced peak.
+        #[arg(long, conflicts_with = "temporary")]
+        peak: bool,
+        /// Show temporary allocations.
+        #[arg(long)]
+        temporary: bool,
     },
 }
 
-fn metric(allocated: bool) -> Metric {
+/// The metric of the flags (at most one is set: clap refuses the others together).
+fn metric(default: Metric, allocated: bool, peak: bool, temporary: bool) -> Metric {
     if allocated {
         Metric::Allocated
+    } else if peak {
+        Metric::Peak
+    } else if temporary {
+        Metric::Temporary
     } else {
-        Metric::Live
+        default
     }
+}
+
+/// The snapshot of what was live at the peak.
+fn at_peak(snapshot: &Snapshot) -> Result<Snapshot, Error> {
+    snapshot.at_peak().ok_or(Error::PeakNotKept)
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
@@ -160,16 +202,19 @@ fn run(cli: Cli) -> Result<(), Error> {
             include,
             exclude,
             allocated,
+            peak,
+            temporary,
             cumulative,
         } => {
             let snapshot = load(&file)?;
+            let snapshot = if peak { at_peak(&snapshot)? } else { snapshot };
             let filters = include
                 .iter()
                 .map(|p| Filter::include(p))
                 .chain(exclude.iter().map(|p| Filter::exclude(p)))
                 .collect::<Result<Vec<_>, _>>()?;
             let snapshot = snapshot.filter_traces(&filters);
-            if !allocated && !cumulative {
+            if !allocated && !cumulative && !temporary {
                 // tracemalloc's layout: notes, the top lines with their source, the rest, the
                 // total.
                 println!("{}", snapshot.report(by.into(), limit));
@@ -182,6 +227,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                 snapshot
                     .allocation_statistics(by.into())
                     .ok_or(Error::AllocationTotalsUnknown)?
+            } else if temporary {
+                snapshot
+                    .temporary_statistics(by.into())
+                    .ok_or(Error::AllocationTotalsUnknown)?
             } else {
                 snapshot.cumulative_statistics(by.into())
             };
@@ -192,6 +241,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                         println!("{line}");
                     }
                 }
+            }
+            if temporary && stats.is_empty() {
+                println!("no temporary allocations");
             }
             if allocated {
                 // Groups of allocation totals are disjoint, so the rest and the total add up
@@ -212,6 +264,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 );
             }
         }
+        Command::Report { file, limit } => {
+            print!("{}", load(&file)?.summary(limit));
+        }
         Command::Diff {
             old,
             new,
@@ -230,16 +285,33 @@ fn run(cli: Cli) -> Result<(), Error> {
             file,
             output,
             allocated,
+            peak,
+            temporary,
         } => {
-            load(&file)?.write_flamegraph(&output, metric(allocated))?;
+            load(&file)?.write_flamegraph(
+                &output,
+                metric(Metric::Live, allocated, peak, temporary),
+            )?;
             eprintln!("wrote {}", output.display());
         }
-        Command::Pprof { file, output } => {
-            load(&file)?.write_pprof(&output)?;
+        Command::Pprof { file, output, peak } => {
+            let snapshot = load(&file)?;
+            if peak {
+                at_peak(&snapshot)?.write_pprof(&output)?;
+            } else {
+                snapshot.write_pprof(&output)?;
+            }
             eprintln!("wrote {}", output.display());
         }
-        Command::Dhat { file, output, live } => {
-            load(&file)?.write_dhat(&output, metric(!live))?;
+        Command::Dhat {
+            file,
+            output,
+            live,
+            peak,
+            temporary,
+        } => {
+            let m = metric(Metric::Allocated, false, peak, temporary);
+            load(&file)?.write_dhat(&output, if live { Metric::Live } else { m })?;
             eprintln!("wrote {}", output.display());
         }
     }

@@ -5,6 +5,7 @@ mod filter;
 mod output;
 mod persist;
 mod statistics;
+mod summary;
 mod traceback;
 
 pub use diff::StatisticDiff;
@@ -12,6 +13,8 @@ pub use filter::Filter;
 pub use output::Metric;
 pub(crate) use persist::write_atomically;
 pub use statistics::{GroupBy, Report, Statistic};
+pub(crate) use summary::ProcessFigures;
+pub use summary::Summary;
 pub use traceback::{Attribution, Frame, Traceback};
 pub(crate) use traceback::{ByShown, Identity, Seq, Stack, Stacks};
 
@@ -50,7 +53,41 @@ impl std::fmt::Display for Trace {
 pub(crate) struct Released {
     pub(crate) bytes: u64,
     pub(crate) blocks: u64,
+    /// Of those, freed by the thread that allocated them before it allocated again.
+    pub(crate) temporary_bytes: u64,
+    pub(crate) temporary_blocks: u64,
     pub(crate) traceback: Traceback,
+}
+
+/// What was live when the traced peak was reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Peak {
+    /// The traced peak (`traced_memory().peak` when the snapshot was taken).
+    pub(crate) bytes: u64,
+    /// When it was reached, from the start of tracing.
+    pub(crate) at: Option<std::time::Duration>,
+    /// Per stack, the bytes and blocks live at the peak.
+    pub(crate) groups: Vec<PeakGroup>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PeakGroup {
+    pub(crate) bytes: u64,
+    pub(crate) blocks: u64,
+    pub(crate) traceback: Traceback,
+}
+
+/// Allocation requests of one power-of-two size range (see [`Snapshot::size_histogram`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SizeBucket {
+    /// Smallest size in the bucket (0, 1, 2, 4, 8, ...).
+    pub min: u64,
+    /// Largest size in the bucket (0, 1, 3, 7, 15, ...).
+    pub max: u64,
+    /// Blocks requested with a size in the bucket since tracing started (reallocations count
+    /// their new size).
+    pub blocks: u64,
 }
 
 /// Live and total figures of one stack (see [`Snapshot::per_stack_totals`]).
@@ -62,6 +99,10 @@ pub(crate) struct StackTotals {
     /// Bytes and blocks allocated since tracing started, the live ones included; `None` when
     /// the snapshot does not know (a file written by version 1 of the format).
     pub(crate) total: Option<(u64, u64)>,
+    /// Bytes and blocks live at the peak, when the snapshot knows the peak.
+    pub(crate) peak: Option<(u64, u64)>,
+    /// Bytes and blocks of temporary allocations, when the snapshot knows its totals.
+    pub(crate) temporary: Option<(u64, u64)>,
 }
 
 /// The traces live at one moment, with their stacks symbolized.
@@ -70,6 +111,10 @@ pub struct Snapshot {
     traces: Vec<Trace>,
     /// Per stack, what was allocated and is no longer live; `None` when unknown.
     released: Option<Vec<Released>>,
+    /// What was live at the traced peak; `None` when unknown.
+    peak: Option<Peak>,
+    /// Blocks requested per power-of-two size bucket; `None` when unknown.
+    sizes: Option<Vec<u64>>,
     /// Time from the start of tracing to the snapshot, when known.
     duration: Option<std::time::Duration>,
     /// Mean bytes between samples when the traces are a Poisson sample; 0 when exact.
@@ -125,6 +170,8 @@ impl Snapshot {
         Snapshot {
             traces,
             released: Some(Vec::new()),
+            peak: None,
+            sizes: None,
             duration: None,
             sample_mean: 0,
             traceback_limit,
@@ -162,9 +209,24 @@ impl Snapshot {
                 })
                 .collect()
         });
+        let peak = self.peak.as_ref().map(|peak| Peak {
+            groups: peak
+                .groups
+                .iter()
+                .filter_map(|g| {
+                    one(&g.traceback).map(|traceback| PeakGroup {
+                        traceback,
+                        ..g.clone()
+                    })
+                })
+                .collect(),
+            ..peak.clone()
+        });
         Snapshot {
             traces,
             released,
+            peak,
+            sizes: self.sizes.clone(),
             duration: self.duration,
             sample_mean: self.sample_mean,
             traceback_limit: self.traceback_limit,
@@ -197,35 +259,113 @@ impl Snapshot {
         ))
     }
 
+    /// The traced peak (`traced_memory().peak` when the snapshot was taken: since tracing
+    /// started or the last `reset_peak`), when the snapshot knows what was live at it (see
+    /// [`at_peak`](Self::at_peak)).
+    pub fn peak_size(&self) -> Option<usize> {
+        self.peak.as_ref().map(|p| p.bytes as usize)
+    }
+
+    /// When the peak was reached, from the start of tracing: the moment traced memory first
+    /// went down after it, to within the coarse clock's tick (4 ms on most Linux systems), or
+    /// the snapshot's time if it had not gone down since.
+    pub fn peak_time(&self) -> Option<std::time::Duration> {
+        self.peak.as_ref().and_then(|p| p.at)
+    }
+
+    /// What was live when the traced peak was reached, as a snapshot of its own: statistics,
+    /// `compare_to`, `dump` and every output work on it. It knows each stack's bytes and blocks
+    /// at the peak, not each block's size: each of a stack's traces carries the stack's
+    /// average size (the sizes add up to the stack's bytes exactly). `None` when the snapshot
+    /// does not know the peak (sampled, loaded from an older file, or the tracer ran out of
+    /// memory for its bookkeeping).
+    pub fn at_peak(&self) -> Option<Snapshot> {
+        let peak = self.peak.as_ref()?;
+        let mut traces = Vec::new();
+        for g in &peak.groups {
+            let n = g.blocks.max(1);
+            let (each, extra) = (g.bytes / n, g.bytes % n);
+            for i in 0..g.blocks {
+                traces.push(Trace {
+                    size: (each + u64::from(i < extra)) as usize,
+                    traceback: g.traceback.clone(),
+                });
+            }
+        }
+        Some(Snapshot {
+            traces,
+            released: None,
+            peak: None,
+            sizes: None,
+            duration: peak.at,
+            sample_mean: 0,
+            traceback_limit: self.traceback_limit,
+            capture_mode: self.capture_mode,
+        })
+    }
+
+    /// Blocks requested per power-of-two size range since tracing started, from 0 bytes up to
+    /// the largest bucket used; `None` when the snapshot does not know (sampled, or an older
+    /// file).
+    pub fn size_histogram(&self) -> Option<Vec<SizeBucket>> {
+        let sizes = self.sizes.as_ref()?;
+        let last = sizes.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+        Some(
+            sizes[..last]
+                .iter()
+                .enumerate()
+                .map(|(i, &blocks)| SizeBucket {
+                    min: if i == 0 { 0 } else { 1u64 << (i - 1) },
+                    max: if i == 0 {
+                        0
+                    } else {
+                        ((1u128 << i) - 1).min(u64::MAX as u128) as u64
+                    },
+                    blocks,
+                })
+                .collect(),
+        )
+    }
+
     /// Live and total figures per distinct traceback, in no particular order.
     pub(crate) fn per_stack_totals(&self) -> Vec<StackTotals> {
         let mut by_stack: HashMap<Identity, StackTotals> = HashMap::new();
         let known = self.released.is_some();
+        let peak_known = self.peak.is_some();
+        let empty = |traceback: &Traceback| StackTotals {
+            traceback: traceback.clone(),
+            live_bytes: 0,
+            live_blocks: 0,
+            total: known.then_some((0, 0)),
+            peak: peak_known.then_some((0, 0)),
+            temporary: known.then_some((0, 0)),
+        };
+        let add = |sum: &mut Option<(u64, u64)>, bytes: u64, blocks: u64| {
+            if let Some(sum) = sum {
+                sum.0 = sum.0.saturating_add(bytes);
+                sum.1 = sum.1.saturating_add(blocks);
+            }
+        };
         for (traceback, bytes, blocks) in self.per_stack() {
             let (bytes, blocks) = (bytes as u64, blocks as u64);
-            by_stack.insert(
-                traceback.identity(),
-                StackTotals {
-                    traceback,
-                    live_bytes: bytes,
-                    live_blocks: blocks,
-                    total: known.then_some((bytes, blocks)),
-                },
-            );
+            let mut slot = empty(&traceback);
+            slot.live_bytes = bytes;
+            slot.live_blocks = blocks;
+            add(&mut slot.total, bytes, blocks);
+            by_stack.insert(traceback.identity(), slot);
         }
         for r in self.released.iter().flatten() {
             let slot = by_stack
                 .entry(r.traceback.identity())
-                .or_insert_with(|| StackTotals {
-                    traceback: r.traceback.clone(),
-                    live_bytes: 0,
-                    live_blocks: 0,
-                    total: Some((0, 0)),
-                });
-            if let Some(total) = &mut slot.total {
-                total.0 = total.0.saturating_add(r.bytes);
-                total.1 = total.1.saturating_add(r.blocks);
-            }
+                .or_insert_with(|| empty(&r.traceback));
+            add(&mut slot.total, r.bytes, r.blocks);
+            add(&mut slot.temporary, r.temporary_bytes, r.temporary_blocks);
+        }
+        for g in self.peak.iter().flat_map(|p| &p.groups) {
+            let slot = by_stack
+                .entry(g.traceback.identity())
+                .or_insert_with(|| empty(&g.traceback));
+            add(&mut slot.peak, g.bytes, g.blocks);
         }
         by_stack.into_values().collect()
     }
@@ -319,25 +459,44 @@ impl Snapshot {
     }
 }
 
-/// Copies the trace table and symbolizes it. Call with the reentrancy guard held.
-pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
+/// One stack's figures summed over the shards.
+#[derive(Default)]
+struct Sums {
+    released: (u64, u64),
+    peak: (u64, u64),
+    temporary: (u64, u64),
+}
+
+/// Copies the trace table and symbolizes it. Call with the reentrancy guard held. With `live`
+/// false, only what was live at the peak (for `peak_snapshot`: the live blocks are not copied).
+pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Snapshot {
     let attribution = crate::environment::attribution();
     let mut entries = Vec::new();
-    table::copy_into(&mut entries);
-    let mut released_parts = Vec::new();
-    table::copy_released_into(&mut released_parts);
-    let mut released_by_stack: HashMap<StackId, (u64, u64)> = HashMap::new();
-    for r in &released_parts {
-        let slot = released_by_stack.entry(r.stack).or_default();
-        slot.0 += r.bytes;
-        slot.1 += r.blocks;
+    if live {
+        table::copy_into(&mut entries);
     }
-    drop(released_parts);
+    let mut sites = Vec::new();
+    let (sizes, peak_bytes) = table::copy_sites_into(&mut sites);
+    let peak_at = crate::counters::peak_since_start();
+    let mut by_stack: HashMap<StackId, Sums> = HashMap::new();
+    for r in &sites {
+        if !live && r.peak_blocks == 0 {
+            continue;
+        }
+        let slot = by_stack.entry(r.stack).or_default();
+        slot.released.0 += r.released_bytes;
+        slot.released.1 += r.released_blocks;
+        slot.peak.0 += r.peak_bytes;
+        slot.peak.1 += r.peak_blocks;
+        slot.temporary.0 += r.temporary_bytes;
+        slot.temporary.1 += r.temporary_blocks;
+    }
+    drop(sites);
 
     let mut stack_ids: Vec<StackId> = entries
         .iter()
         .map(|e| e.stack)
-        .chain(released_by_stack.keys().copied())
+        .chain(by_stack.keys().copied())
         .collect();
     stack_ids.sort_unstable();
     stack_ids.dedup();
@@ -385,31 +544,65 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize) -> Snapshot {
         })
         .collect();
     let sample_mean = crate::sample::mean() as u64;
-    let released = released_by_stack
-        .into_iter()
-        .map(|(id, (bytes, blocks))| {
-            // While sampling, blocks are counted in 1/1024ths.
-            let blocks = if sample_mean != 0 {
-                (blocks + crate::sample::BLOCK_UNIT / 2) / crate::sample::BLOCK_UNIT
-            } else {
-                blocks
-            };
-            (id, (bytes, blocks))
-        })
-        .filter(|&(_, (_, blocks))| blocks > 0)
-        .map(|(id, (bytes, blocks))| Released {
-            bytes,
-            blocks,
-            traceback: tracebacks
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| Traceback::from_frames(Vec::new())),
-        })
-        .collect();
+    // While sampling, blocks are counted in 1/1024ths.
+    let blocks = |n: u64| {
+        if sample_mean != 0 {
+            (n + crate::sample::BLOCK_UNIT / 2) / crate::sample::BLOCK_UNIT
+        } else {
+            n
+        }
+    };
+    let traceback = |id: &StackId| {
+        tracebacks
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| Traceback::from_frames(Vec::new()))
+    };
+    let mut released = Vec::new();
+    let mut groups = Vec::new();
+    for (id, sums) in &by_stack {
+        if blocks(sums.released.1) > 0 {
+            released.push(Released {
+                bytes: sums.released.0,
+                blocks: blocks(sums.released.1),
+                temporary_bytes: sums.temporary.0,
+                temporary_blocks: blocks(sums.temporary.1),
+                traceback: traceback(id),
+            });
+        }
+        if sums.peak.1 > 0 {
+            groups.push(PeakGroup {
+                bytes: sums.peak.0,
+                blocks: sums.peak.1,
+                traceback: traceback(id),
+            });
+        }
+    }
+    // A figure lost for want of memory makes them all unknown, never silently low; the peak
+    // breakdown is kept for exact tracing only (see `Snapshot::at_peak`).
+    let complete = crate::counters::lost_releases() == 0;
+    let peak = (complete && sample_mean == 0).then_some(Peak {
+        bytes: peak_bytes,
+        at: peak_at,
+        groups,
+    });
+    if !live {
+        return Snapshot {
+            traces: Vec::new(),
+            released: None,
+            peak,
+            sizes: None,
+            duration: crate::counters::since_start(),
+            sample_mean,
+            traceback_limit,
+            capture_mode: capture::mode(),
+        };
+    }
     Snapshot {
         traces,
-        // A total lost for want of memory makes them all unknown, never silently low.
-        released: (crate::counters::lost_releases() == 0).then_some(released),
+        released: complete.then_some(released),
+        peak,
+        sizes: (sample_mean == 0).then(|| sizes.to_vec()),
         duration: crate::counters::since_start(),
         sample_mean,
         traceback_limit,

@@ -19,6 +19,12 @@ pub enum Metric {
     /// Bytes (and blocks) allocated since tracing started, freed ones included: where the
     /// allocation traffic comes from ([`Snapshot::allocation_statistics`]).
     Allocated,
+    /// Bytes (and blocks) live when the traced peak was reached ([`Snapshot::at_peak`]): what
+    /// made the program need that much memory. (For pprof, convert `at_peak()`.)
+    Peak,
+    /// Temporary allocations: blocks freed by their thread before it allocated again
+    /// ([`Snapshot::temporary_statistics`]).
+    Temporary,
 }
 
 #[cfg(any(feature = "flamegraph", feature = "dhat"))]
@@ -27,6 +33,8 @@ impl Metric {
         match self {
             Metric::Live => "live at the snapshot",
             Metric::Allocated => "allocated since tracing started",
+            Metric::Peak => "live at the peak",
+            Metric::Temporary => "of temporary allocations",
         }
     }
 }
@@ -44,6 +52,8 @@ struct Shown {
     live_bytes: u64,
     live_blocks: u64,
     total: Option<(u64, u64)>,
+    peak: Option<(u64, u64)>,
+    temporary: Option<(u64, u64)>,
 }
 
 /// The frames an output shows: from the innermost frame outside the allocator and std (a
@@ -77,13 +87,21 @@ impl Snapshot {
                 live_bytes: 0,
                 live_blocks: 0,
                 total: s.total.map(|_| (0, 0)),
+                peak: s.peak.map(|_| (0, 0)),
+                temporary: s.temporary.map(|_| (0, 0)),
             });
             // Saturating: estimates from a sampled snapshot can be huge.
             slot.live_bytes = slot.live_bytes.saturating_add(s.live_bytes);
             slot.live_blocks = slot.live_blocks.saturating_add(s.live_blocks);
-            if let (Some(sum), Some(add)) = (&mut slot.total, s.total) {
-                sum.0 = sum.0.saturating_add(add.0);
-                sum.1 = sum.1.saturating_add(add.1);
+            for (sum, add) in [
+                (&mut slot.total, s.total),
+                (&mut slot.peak, s.peak),
+                (&mut slot.temporary, s.temporary),
+            ] {
+                if let (Some(sum), Some(add)) = (sum, add) {
+                    sum.0 = sum.0.saturating_add(add.0);
+                    sum.1 = sum.1.saturating_add(add.1);
+                }
             }
         }
         merged.into_values().collect()
@@ -92,8 +110,12 @@ impl Snapshot {
     /// Per shown stack, the metric's bytes and blocks (rows with nothing dropped), biggest
     /// first.
     fn rows(&self, metric: Metric) -> Result<Vec<Row>, Error> {
-        if metric == Metric::Allocated && !self.has_allocation_totals() {
+        if matches!(metric, Metric::Allocated | Metric::Temporary) && !self.has_allocation_totals()
+        {
             return Err(Error::AllocationTotalsUnknown);
+        }
+        if metric == Metric::Peak && self.peak_size().is_none() {
+            return Err(Error::PeakNotKept);
         }
         let mut rows: Vec<Row> = self
             .shown_stacks()
@@ -102,6 +124,8 @@ impl Snapshot {
                 let (bytes, blocks) = match metric {
                     Metric::Live => (s.live_bytes, s.live_blocks),
                     Metric::Allocated => s.total.unwrap_or_default(),
+                    Metric::Peak => s.peak.unwrap_or_default(),
+                    Metric::Temporary => s.temporary.unwrap_or_default(),
                 };
                 (blocks > 0).then_some(Row {
                     traceback: s.traceback,
@@ -447,6 +471,8 @@ impl Snapshot {
         let verb = match metric {
             Metric::Live => "Live at the snapshot",
             Metric::Allocated => "Allocated",
+            Metric::Peak => "Live at the peak",
+            Metric::Temporary => "Allocated as temporaries",
         };
         let document = serde_json::json!({
             "dhatFileVersion": 2,

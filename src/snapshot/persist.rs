@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset 0   magic      8 bytes  "TRACEALC"
-//!        8   version    u32 LE   2 (version 1 files, without allocation totals, still load)
+//!        8   version    u32 LE   3 (files of versions 1 and 2 still load)
 //!        12  body_len   u64 LE   bytes of the body
 //!        20  crc32      u32 LE   CRC-32 of the body
 //!        24  body:
@@ -17,11 +17,18 @@
 //!            traces     u64 count, then (u64 size, u32 traceback index)
 //!            version 2 only:
 //!            totals     u8 known (0 or 1); when 1: u64 count, then (u64 bytes, u64 blocks,
-//!                       u32 traceback index): per stack, what was allocated and is no longer
-//!                       live
+//!                       version 3: u64 temporary bytes, u64 temporary blocks; u32 traceback
+//!                       index): per stack, what was allocated and is no longer live
 //!            duration   u8 known (0 or 1); when 1: u64 nanoseconds from the start of tracing
 //!                       to the snapshot
 //!            sampling   u64 mean bytes between samples (0: every allocation was traced)
+//!            version 3 only:
+//!            peak       u8 known (0 or 1); when 1: u64 traced peak bytes, u8 time known (0 or
+//!                       1) and when 1 u64 nanoseconds from the start of tracing, u64 count,
+//!                       then (u64 bytes, u64 blocks, u32 traceback index): per stack, what was
+//!                       live at the peak
+//!            sizes      u8 known (0 or 1); when 1: u8 count (at most 65), then count × u64:
+//!                       blocks requested per power-of-two size bucket
 //! ```
 //!
 //! Loading checks everything (magic, version, length, checksum, every count against the bytes
@@ -33,7 +40,9 @@
 //! load_memory.rs), and up to 4.6 times for a file whose frames name distinct strings of 2 to
 //! 7 bytes (each needs an `Arc<str>` of 24 bytes for its 6 to 11 in the file).
 
-use super::{Frame, Identity, Released, Snapshot, Stack, Stacks, Trace, Traceback};
+use super::{
+    Frame, Identity, Peak, PeakGroup, Released, Snapshot, Stack, Stacks, Trace, Traceback,
+};
 use crate::error::Error;
 use crate::stack::CaptureMode;
 use std::collections::HashMap;
@@ -42,7 +51,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"TRACEALC";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEADER: usize = 24;
 
 impl Snapshot {
@@ -77,7 +86,7 @@ impl Snapshot {
                 });
             traces.push((trace.size as u64, id));
         }
-        let mut released: Vec<(u64, u64, u32)> = Vec::new();
+        let mut released: Vec<(&Released, u32)> = Vec::new();
         for r in self.released.iter().flatten() {
             let id = *traceback_ids
                 .entry(r.traceback.identity())
@@ -85,7 +94,17 @@ impl Snapshot {
                     tracebacks.push(&r.traceback);
                     tracebacks.len() as u32 - 1
                 });
-            released.push((r.bytes, r.blocks, id));
+            released.push((r, id));
+        }
+        let mut peak_groups: Vec<(u64, u64, u32)> = Vec::new();
+        for g in self.peak.iter().flat_map(|p| &p.groups) {
+            let id = *traceback_ids
+                .entry(g.traceback.identity())
+                .or_insert_with(|| {
+                    tracebacks.push(&g.traceback);
+                    tracebacks.len() as u32 - 1
+                });
+            peak_groups.push((g.bytes, g.blocks, id));
         }
         for traceback in &tracebacks {
             for frame in traceback.all().iter() {
@@ -139,17 +158,41 @@ impl Snapshot {
         body.out.push(u8::from(self.released.is_some()));
         if self.released.is_some() {
             body.u64(released.len() as u64);
-            for &(bytes, blocks, id) in &released {
+            for &(r, id) in &released {
+                body.u64(r.bytes);
+                body.u64(r.blocks);
+                body.u64(r.temporary_bytes);
+                body.u64(r.temporary_blocks);
+                body.u32(id);
+            }
+        }
+        let nanos = |d: std::time::Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+        body.out.push(u8::from(self.duration.is_some()));
+        if let Some(d) = self.duration {
+            body.u64(nanos(d));
+        }
+        body.u64(self.sample_mean);
+        body.out.push(u8::from(self.peak.is_some()));
+        if let Some(peak) = &self.peak {
+            body.u64(peak.bytes);
+            body.out.push(u8::from(peak.at.is_some()));
+            if let Some(at) = peak.at {
+                body.u64(nanos(at));
+            }
+            body.u64(peak_groups.len() as u64);
+            for &(bytes, blocks, id) in &peak_groups {
                 body.u64(bytes);
                 body.u64(blocks);
                 body.u32(id);
             }
         }
-        body.out.push(u8::from(self.duration.is_some()));
-        if let Some(d) = self.duration {
-            body.u64(d.as_nanos().min(u64::MAX as u128) as u64);
+        body.out.push(u8::from(self.sizes.is_some()));
+        if let Some(sizes) = &self.sizes {
+            body.out.push(sizes.len() as u8);
+            for &n in sizes {
+                body.u64(n);
+            }
         }
-        body.u64(self.sample_mean);
 
         let mut out = Vec::with_capacity(HEADER + body.out.len());
         out.extend_from_slice(MAGIC);
@@ -251,7 +294,7 @@ impl Snapshot {
         }
         let released =
             if version >= 2 && r.flag("the allocation-totals flag", "allocation-totals flag")? {
-                Some(read_released(&mut r, &stacks)?)
+                Some(read_released(&mut r, &stacks, version)?)
             } else {
                 None
             };
@@ -273,6 +316,31 @@ impl Snapshot {
         } else {
             0
         };
+        let peak = if version >= 3 && r.flag("the peak flag", "peak flag")? {
+            Some(read_peak(&mut r, &stacks)?)
+        } else {
+            None
+        };
+        let sizes = if version >= 3 && r.flag("the size-histogram flag", "size-histogram flag")? {
+            let at = r.pos;
+            let n = r.u8("the size-bucket count")? as usize;
+            if n > crate::table::SIZE_BUCKETS {
+                return Err(corrupt(
+                    at as u64,
+                    format!(
+                        "{n} size buckets (there are {})",
+                        crate::table::SIZE_BUCKETS
+                    ),
+                ));
+            }
+            let mut sizes = Vec::with_capacity(n);
+            for _ in 0..n {
+                sizes.push(r.u64("a size bucket")?);
+            }
+            Some(sizes)
+        } else {
+            None
+        };
         if r.pos != bytes.len() {
             return Err(corrupt(
                 r.pos as u64,
@@ -282,6 +350,8 @@ impl Snapshot {
         Ok(Snapshot {
             traces,
             released,
+            peak,
+            sizes,
             duration,
             sample_mean,
             traceback_limit: traceback_limit as usize,
@@ -292,8 +362,12 @@ impl Snapshot {
 
 /// The allocation totals of a version-2 file: per stack, what was allocated and is no longer
 /// live.
-fn read_released(r: &mut Reader<'_>, stacks: &Arc<Stacks>) -> Result<Vec<Released>, Error> {
-    let n = r.count64("allocation totals", 20)?;
+fn read_released(
+    r: &mut Reader<'_>,
+    stacks: &Arc<Stacks>,
+    version: u32,
+) -> Result<Vec<Released>, Error> {
+    let n = r.count64("allocation totals", if version >= 3 { 36 } else { 20 })?;
     let mut released = Vec::with_capacity(n);
     let mut sum: u64 = 0;
     for _ in 0..n {
@@ -306,14 +380,62 @@ fn read_released(r: &mut Reader<'_>, stacks: &Arc<Stacks>) -> Result<Vec<Release
         sum = sum
             .checked_add(bytes)
             .ok_or_else(|| corrupt(at as u64, "the allocation totals overflow 64 bits"))?;
+        let (temporary_bytes, temporary_blocks) = if version >= 3 {
+            let at = r.pos;
+            let t = (r.u64("temporary bytes")?, r.u64("temporary blocks")?);
+            if t.0 > bytes || t.1 > blocks {
+                return Err(corrupt(
+                    at as u64,
+                    "more temporary allocations than allocations",
+                ));
+            }
+            t
+        } else {
+            (0, 0)
+        };
         let traceback = Traceback::loaded(stacks, r.index(stacks.len(), "a total's traceback")?);
         released.push(Released {
             bytes,
             blocks,
+            temporary_bytes,
+            temporary_blocks,
             traceback,
         });
     }
     Ok(released)
+}
+
+/// The peak section of a version-3 file.
+fn read_peak(r: &mut Reader<'_>, stacks: &Arc<Stacks>) -> Result<Peak, Error> {
+    let bytes = r.u64("the peak")?;
+    let at = if r.flag("the peak-time flag", "peak-time flag")? {
+        Some(std::time::Duration::from_nanos(r.u64("the peak time")?))
+    } else {
+        None
+    };
+    let n = r.count64("peak groups", 20)?;
+    let mut groups = Vec::with_capacity(n);
+    let mut sum: u64 = 0;
+    for _ in 0..n {
+        let at = r.pos;
+        let group_bytes = r.u64("bytes at the peak")?;
+        let blocks = r.u64("blocks at the peak")?;
+        if blocks == 0 {
+            return Err(corrupt(at as u64 + 8, "a peak group of 0 blocks"));
+        }
+        sum = sum
+            .checked_add(group_bytes)
+            .filter(|&s| s <= isize::MAX as u64)
+            .ok_or_else(|| corrupt(at as u64, "the peak groups add up to more than any process can hold"))?;
+        let traceback =
+            Traceback::loaded(stacks, r.index(stacks.len(), "a peak group's traceback")?);
+        groups.push(PeakGroup {
+            bytes: group_bytes,
+            blocks,
+            traceback,
+        });
+    }
+    Ok(Peak { bytes, at, groups })
 }
 
 /// The strings, frames and tracebacks sections: the file's stacks, every record checked.
@@ -866,6 +988,8 @@ mod tests {
         body.u32(0);
         body.out.extend_from_slice(&[0, 0]);
         body.u64(0);
+        // No peak, no size histogram.
+        body.out.extend_from_slice(&[0, 0]);
         let mut file = MAGIC.to_vec();
         file.extend_from_slice(&VERSION.to_le_bytes());
         file.extend_from_slice(&(body.out.len() as u64).to_le_bytes());

@@ -315,6 +315,32 @@ impl Snapshot {
             .then(|| groups.sorted(group_by, self.sampled().is_some()))
     }
 
+    /// Temporary allocations per group, most blocks first: blocks freed by the thread that
+    /// allocated them before it allocated anything else (heaptrack's definition; a
+    /// reallocation is not a free). The classic thing to optimise in Rust: a `format!` or a
+    /// `Vec` built and dropped in a loop. `size` is their bytes, `count` their number. `None`
+    /// when the snapshot does not know (an older file).
+    pub fn temporary_statistics(&self, group_by: GroupBy) -> Option<Vec<Statistic>> {
+        self.released.as_ref()?;
+        let mut groups = Groups::default();
+        for stack in self.per_stack_totals() {
+            let (bytes, blocks) = stack.temporary.unwrap_or_default();
+            if blocks == 0 {
+                continue;
+            }
+            groups.add(
+                group_by.key(&stack.traceback),
+                bytes as usize,
+                blocks as usize,
+                &stack.traceback,
+                stack.traceback.via_frame().map(|f| &f.function),
+            );
+        }
+        let mut stats = groups.sorted(group_by, self.sampled().is_some());
+        stats.sort_by(|a, b| b.count.cmp(&a.count).then(b.size.cmp(&a.size)));
+        Some(stats)
+    }
+
     /// Size and count per distinct traceback. Many traces share one `Traceback` (interned
     /// stacks), so this is the cheap first step of every grouping.
     pub(crate) fn per_stack(&self) -> impl Iterator<Item = (Traceback, usize, usize)> {
@@ -378,6 +404,7 @@ impl Snapshot {
             notes,
             stats: self.statistics(group_by),
             limit,
+            total_line: true,
         }
     }
 }
@@ -385,9 +412,11 @@ impl Snapshot {
 /// The top of a snapshot's statistics, printable (see [`Snapshot::report`]).
 #[derive(Clone, Debug)]
 pub struct Report {
-    notes: Vec<String>,
-    stats: Vec<Statistic>,
-    limit: usize,
+    pub(crate) notes: Vec<String>,
+    pub(crate) stats: Vec<Statistic>,
+    pub(crate) limit: usize,
+    /// Whether the last line sums the sizes ("Total allocated size", tracemalloc's wording).
+    pub(crate) total_line: bool,
 }
 
 impl Report {
@@ -426,12 +455,21 @@ impl fmt::Display for Report {
         let rest = &self.stats[self.top().len()..];
         if !rest.is_empty() {
             let size: usize = rest.iter().map(|s| s.size).sum();
-            writeln!(
+            write!(
                 f,
                 "{} other: {}",
                 rest.len(),
                 format_size(size as f64, false)
             )?;
+            if self.total_line {
+                writeln!(f)?;
+            } else {
+                let count: usize = rest.iter().map(|s| s.count).sum();
+                write!(f, " in {count} blocks")?;
+            }
+        }
+        if !self.total_line {
+            return Ok(());
         }
         let total: usize = self.stats.iter().map(|s| s.size).sum();
         write!(

@@ -13,7 +13,8 @@ def u32(v): return struct.pack("<I", v)
 def u64(v): return struct.pack("<Q", v)
 
 def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=None,
-         string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None, duration_flag=1, v2=None, sample_mean=0):
+         string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None, duration_flag=1, v2=None, sample_mean=0,
+         v3=False, peak=None, peak_flag=1, sizes=None):
     strings = strings if strings is not None else ["src/main.rs", "/home/u/app/src/main.rs", "app::parse", "app::main"]
     frames = frames if frames is not None else [(0, 1, 2, 41), (0, 1, 3, 12)]
     tracebacks = tracebacks if tracebacks is not None else [([0, 1], 0, 16, 0)]
@@ -39,14 +40,30 @@ def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=No
     if totals is not None:
         out += u8(1 if totals_flag is None else totals_flag)
         out += u64(len(totals))
-        for nbytes, blocks, tb in totals:
-            out += u64(nbytes) + u64(blocks) + u32(tb)
+        for total in totals:
+            nbytes, blocks, tb = total[0], total[1], total[-1]
+            out += u64(nbytes) + u64(blocks)
+            if v3:  # version 3: temporary bytes and blocks among them
+                out += u64(total[2]) + u64(total[3])
+            out += u32(tb)
         # Then the time from the start of tracing to the snapshot, in nanoseconds.
         out += u8(duration_flag)
         if duration_flag == 1:
             out += u64(2_500_000_000)
         # Then the sampling mean (0: every allocation traced).
         out += u64(sample_mean)
+    if v3:
+        # Version 3: the peak (bytes, time known + nanoseconds, groups of bytes, blocks,
+        # traceback live at it), then blocks per power-of-two size bucket.
+        out += u8(0 if peak is None else peak_flag)
+        if peak is not None:
+            peak_bytes, at, groups = peak
+            out += u64(peak_bytes) + u8(1) + u64(at) + u64(len(groups))
+            for nbytes, blocks, tb in groups:
+                out += u64(nbytes) + u64(blocks) + u32(tb)
+        out += u8(0 if sizes is None else 1)
+        if sizes is not None:
+            out += u8(len(sizes)) + b"".join(u64(n) for n in sizes)
     return out
 
 def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
@@ -55,8 +72,22 @@ def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
 
 valid = file(body())
 TOTALS = [(4096, 3, 0)]
+TOTALS3 = [(4096, 3, 1024, 1, 0)]
+PEAK = (8192, 1_250_000_000, [(8192, 4, 0)])
+SIZES = [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 4]
+def v3(**kw):
+    kw.setdefault("totals", TOTALS3)
+    kw.setdefault("peak", PEAK)
+    kw.setdefault("sizes", SIZES)
+    return file(body(v3=True, **kw), version=3)
 cases = {
-    "valid.tracealloc": file(body(totals=TOTALS), version=2),
+    "valid.tracealloc": v3(),
+    "valid_v2.tracealloc": file(body(totals=TOTALS), version=2),
+    "bad_peak_flag.bin": v3(peak_flag=3),
+    "zero_block_peak_group.bin": v3(peak=(8192, 0, [(8192, 0, 0)])),
+    "peak_traceback_out_of_range.bin": v3(peak=(8192, 0, [(8192, 4, 9)])),
+    "too_many_size_buckets.bin": v3(sizes=[1] * 66),
+    "temporaries_exceed_totals.bin": v3(totals=[(4096, 3, 1024, 4, 0)]),
     "valid_v1.tracealloc": valid,
     "empty.bin": b"",
     "wrong_magic.bin": file(body(), magic=b"PK\x03\x04xxxx"),
