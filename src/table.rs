@@ -261,51 +261,56 @@ impl Shard {
         }
     }
 
-    /// The site of `stack`, its peak figures brought to `epoch`; `None` when it is new and
-    /// the table cannot grow (counted in `counters::lost_release`: the totals become unknown).
+    /// Applies `change` to the site of `stack`, its peak figures brought to the current epoch
+    /// first. A new site that the table has no room for is counted in
+    /// `counters::lost_release` (the totals become unknown) and `change` is not applied.
     #[inline(always)]
-    fn site(&mut self, stack: StackId, epoch: u64) -> Option<&mut Site> {
+    fn with_site(&mut self, stack: StackId, change: impl FnOnce(&mut Site)) {
         let h = stack_hash(stack);
+        let epoch = counters::epoch();
+        if let Some(site) = self.sites.find_mut(h, |r| r.stack == stack) {
+            site.sync(epoch);
+            change(site);
+            return;
+        }
+        self.new_site(stack, h, epoch, change);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn new_site(&mut self, stack: StackId, h: u64, epoch: u64, change: impl FnOnce(&mut Site)) {
         if self.sites.try_reserve(1, |r| stack_hash(r.stack)).is_err() {
             counters::lost_release();
-            return None;
+            return;
         }
-        let site = match self
-            .sites
-            .entry(h, |r| r.stack == stack, |r| stack_hash(r.stack))
-        {
-            hashbrown::hash_table::Entry::Occupied(o) => o.into_mut(),
-            hashbrown::hash_table::Entry::Vacant(v) => v
-                .insert(Site {
-                    stack,
-                    allocated_bytes: 0,
-                    allocated_blocks: 0,
-                    live_bytes: 0,
-                    live_blocks: 0,
-                    peak_bytes: 0,
-                    peak_blocks: 0,
-                    // New: it held nothing at the current peak.
-                    epoch,
-                    temporary_blocks: 0,
-                    temporary_bytes: 0,
-                })
-                .into_mut(),
+        let mut site = Site {
+            stack,
+            allocated_bytes: 0,
+            allocated_blocks: 0,
+            live_bytes: 0,
+            live_blocks: 0,
+            peak_bytes: 0,
+            peak_blocks: 0,
+            // New: it held nothing at the current peak.
+            epoch,
+            temporary_blocks: 0,
+            temporary_bytes: 0,
         };
-        site.sync(epoch);
-        Some(site)
+        change(&mut site);
+        self.sites.insert_unique(h, site, |r| stack_hash(r.stack));
     }
 
     /// One block of `stack` leaves the table (freed, reallocated, replaced).
     #[inline(always)]
     fn release(&mut self, stack: StackId, weight: sample::Weight, temporary: bool) {
-        if let Some(site) = self.site(stack, counters::epoch()) {
+        self.with_site(stack, |site| {
             site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
             site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
             if temporary {
                 site.temporary_blocks += weight.blocks;
                 site.temporary_bytes += weight.bytes;
             }
-        }
+        });
     }
 }
 
@@ -412,12 +417,12 @@ pub(crate) fn insert(
     shard.allocated_blocks += weight.blocks;
     shard.held += weight.bytes;
     shard.sizes[size_bucket(size)] += weight.blocks;
-    if let Some(site) = shard.site(stack, counters::epoch()) {
+    shard.with_site(stack, |site| {
         site.allocated_bytes += weight.bytes;
         site.allocated_blocks += weight.blocks;
         site.live_bytes += weight.bytes;
         site.live_blocks += weight.blocks;
-    }
+    });
     if sample::mean() != 0 {
         sample::mark(address);
     }
@@ -443,12 +448,12 @@ pub(crate) fn insert(
         shard.allocated_blocks -= weight.blocks;
         shard.held -= weight.bytes;
         shard.sizes[size_bucket(size)] -= weight.blocks;
-        if let Some(site) = shard.site(stack, counters::epoch()) {
+        shard.with_site(stack, |site| {
             site.allocated_bytes = site.allocated_bytes.saturating_sub(weight.bytes);
             site.allocated_blocks = site.allocated_blocks.saturating_sub(weight.blocks);
             site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
             site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
-        }
+        });
         if sample::mean() != 0 {
             sample::unmark(address);
         }
@@ -477,10 +482,10 @@ pub(crate) fn restore(entry: Entry) -> bool {
     shard.live.insert_unique(h, slot, rehash);
     let weight = sample::weight(entry.size);
     shard.held += weight.bytes;
-    if let Some(site) = shard.site(entry.stack, counters::epoch()) {
+    shard.with_site(entry.stack, |site| {
         site.live_bytes += weight.bytes;
         site.live_blocks += weight.blocks;
-    }
+    });
     if sample::mean() != 0 {
         sample::mark(entry.address);
     }

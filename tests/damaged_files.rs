@@ -78,7 +78,10 @@ fn the_independently_written_valid_file_loads() {
     let sizes = snapshot.size_histogram().unwrap();
     assert_eq!(sizes.len(), 13);
     assert_eq!((sizes[7].min, sizes[7].max, sizes[7].blocks), (64, 127, 1));
-    assert_eq!((sizes[12].min, sizes[12].max, sizes[12].blocks), (2048, 4095, 4));
+    assert_eq!(
+        (sizes[12].min, sizes[12].max, sizes[12].blocks),
+        (2048, 4095, 4)
+    );
     // 2 live blocks (2112 B) and 3 released ones (4096 B) from the same stack.
     assert_eq!(snapshot.allocated_total(), Some((2112 + 4096, 5)));
     assert_eq!(
@@ -224,7 +227,11 @@ fn every_damaged_file_gets_its_own_error() {
             0,
             "a peak group's traceback: index 9 out of range (only 1)",
         ),
-        ("too_many_size_buckets.bin", 0, "66 size buckets (there are 65)"),
+        (
+            "too_many_size_buckets.bin",
+            0,
+            "66 size buckets (there are 65)",
+        ),
         (
             "temporaries_exceed_totals.bin",
             0,

@@ -107,7 +107,10 @@ fn the_report_names_the_peak_of_a_program_that_frees_everything() {
         "{stderr}"
     );
     assert!(
-        peak.lines().nth(2).unwrap().contains("vec![1u8; 40_000_000]"),
+        peak.lines()
+            .nth(2)
+            .unwrap()
+            .contains("vec![1u8; 40_000_000]"),
         "{stderr}"
     );
     // The traffic sections, temporaries (the `format!` loop) and sizes.

@@ -221,7 +221,13 @@ fn the_peak_temporaries_and_sizes_are_exact() {
     });
     assert_eq!(bucket(&after, 2048) - bucket(&before, 2048), 100);
     assert_eq!(bucket(&after, 1) - bucket(&before, 1), 10);
-    let total = |s: &Snapshot| s.size_histogram().unwrap().iter().map(|b| b.blocks).sum::<u64>();
+    let total = |s: &Snapshot| {
+        s.size_histogram()
+            .unwrap()
+            .iter()
+            .map(|b| b.blocks)
+            .sum::<u64>()
+    };
     assert_eq!(total(&after) - total(&before), 110, "no other bucket moved");
     let buckets = after.size_histogram().unwrap();
     let b = buckets.iter().find(|b| b.min == 2048).unwrap();

@@ -288,10 +288,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             peak,
             temporary,
         } => {
-            load(&file)?.write_flamegraph(
-                &output,
-                metric(Metric::Live, allocated, peak, temporary),
-            )?;
+            load(&file)?
+                .write_flamegraph(&output, metric(Metric::Live, allocated, peak, temporary))?;
             eprintln!("wrote {}", output.display());
         }
         Command::Pprof { file, output, peak } => {

@@ -426,7 +426,12 @@ fn read_peak(r: &mut Reader<'_>, stacks: &Arc<Stacks>) -> Result<Peak, Error> {
         sum = sum
             .checked_add(group_bytes)
             .filter(|&s| s <= isize::MAX as u64)
-            .ok_or_else(|| corrupt(at as u64, "the peak groups add up to more than any process can hold"))?;
+            .ok_or_else(|| {
+                corrupt(
+                    at as u64,
+                    "the peak groups add up to more than any process can hold",
+                )
+            })?;
         let traceback =
             Traceback::loaded(stacks, r.index(stacks.len(), "a peak group's traceback")?);
         groups.push(PeakGroup {

@@ -63,7 +63,12 @@ impl Snapshot {
         self.summary_with(limit, "at the snapshot", ProcessFigures::default())
     }
 
-    pub(crate) fn summary_with(&self, limit: usize, when: &str, process: ProcessFigures) -> Summary {
+    pub(crate) fn summary_with(
+        &self,
+        limit: usize,
+        when: &str,
+        process: ProcessFigures,
+    ) -> Summary {
         let limit = limit.max(1);
         let mut out = String::new();
         let t = super::statistics::approx(self.sampled().is_some());
@@ -118,14 +123,13 @@ impl Snapshot {
             .released
             .as_ref()
             .is_some_and(|r| r.iter().any(|r| r.blocks > 0));
-        if let Some(allocated) = self
-            .allocation_statistics(GroupBy::Line)
-            .filter(|_| freed)
-        {
+        if let Some(allocated) = self.allocation_statistics(GroupBy::Line).filter(|_| freed) {
             let mut by_count = allocated.clone();
             section(
                 &mut out,
-                &format!("tracealloc: top {limit} lines by bytes allocated (freed blocks included)"),
+                &format!(
+                    "tracealloc: top {limit} lines by bytes allocated (freed blocks included)"
+                ),
                 allocated,
                 limit,
             );
