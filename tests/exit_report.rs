@@ -176,7 +176,7 @@ fn bad_values_warn_once_and_the_program_runs_on() {
         1,
         "{stderr}"
     );
-    assert!(!stderr.contains("lines at exit"));
+    assert!(!stderr.contains("lines live at exit"));
 }
 
 #[test]

@@ -33,10 +33,10 @@ const PATTERN: u8 = 0x5A;
 /// The signal stack of the trial in builds with debug assertions (tracealloc unoptimized, as
 /// in a program's debug build): there a traced allocation needs more stack than SIGSTKSZ
 /// leaves after the kernel's signal frame (see the README's limits).
-const DEBUG_ALTSTACK: usize = 12 * 1024;
+const DEBUG_ALTSTACK: usize = 16 * 1024;
 /// Most stack the handler may use below its first frame, traced allocations included.
 const BUDGET: usize = if cfg!(debug_assertions) {
-    9 * 1024
+    10 * 1024
 } else {
     3 * 1024
 };
