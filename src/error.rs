@@ -40,6 +40,9 @@ pub enum Error {
     /// a snapshot that does not carry it (sampled, or read from a file of format version 1
     /// or 2).
     PeakNotKept,
+    /// Temporary allocations were asked of a snapshot read from a file written before format
+    /// version 3, which did not count them.
+    TemporariesUnknown,
     /// A timeline interval under 1 ms.
     InvalidInterval {
         /// The interval asked for.
@@ -119,6 +122,10 @@ impl fmt::Display for Error {
                 "what was live at the peak is not known here: it is kept while tracing every \
                  allocation, not while sampling (call tracealloc::set_sampling(None) first), \
                  and files written before format version 3 do not carry it",
+            ),
+            Error::TemporariesUnknown => f.write_str(
+                "this snapshot does not know its temporary allocations (it was read from a \
+                 file written before format version 3)",
             ),
             Error::InvalidInterval { interval } => write!(
                 f,

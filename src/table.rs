@@ -130,11 +130,11 @@ struct Shard {
     big: HashTable<(usize, usize), MetaAlloc>,
     /// Per stack, what this shard recorded, holds, held at the peak.
     sites: HashTable<Site, MetaAlloc>,
-    /// Blocks recorded per size bucket (see [`size_bucket`]).
+    /// Blocks recorded per size bucket (see [`size_bucket`]): their sum is the shard's
+    /// allocated blocks.
     sizes: [u64; SIZE_BUCKETS],
-    /// Bytes and blocks recorded in this shard since the totals were last reset.
+    /// Bytes recorded in this shard since the totals were last reset.
     allocated_bytes: u64,
-    allocated_blocks: u64,
     /// Bytes (weights, when sampling) of the records in `live`: what this shard counts for in
     /// `current`. The child of a `fork` sets `current` to their sum (a thread that does not
     /// exist there may have been between a `realloc`'s removal and its insertion).
@@ -150,7 +150,6 @@ impl Shard {
             sites: HashTable::new_in(MetaAlloc),
             sizes: [0; SIZE_BUCKETS],
             allocated_bytes: 0,
-            allocated_blocks: 0,
             held: 0,
         }
     }
@@ -414,7 +413,6 @@ pub(crate) fn insert(
         }
     };
     shard.allocated_bytes += weight.bytes;
-    shard.allocated_blocks += weight.blocks;
     shard.held += weight.bytes;
     shard.sizes[size_bucket(size)] += weight.blocks;
     shard.with_site(stack, |site| {
@@ -445,7 +443,6 @@ pub(crate) fn insert(
             e.remove();
         }
         shard.allocated_bytes -= weight.bytes;
-        shard.allocated_blocks -= weight.blocks;
         shard.held -= weight.bytes;
         shard.sizes[size_bucket(size)] -= weight.blocks;
         shard.with_site(stack, |site| {
@@ -653,7 +650,6 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
         let live = std::mem::replace(&mut shard.live, HashTable::new_in(MetaAlloc));
         if reset_totals {
             shard.allocated_bytes = 0;
-            shard.allocated_blocks = 0;
             shard.sites = HashTable::new_in(MetaAlloc);
             shard.sizes = [0; SIZE_BUCKETS];
         } else {
@@ -685,7 +681,7 @@ pub(crate) fn totals() -> (u64, u64) {
         let shard = lock(shard);
         (
             bytes + shard.allocated_bytes,
-            blocks + shard.allocated_blocks,
+            blocks + shard.sizes.iter().sum::<u64>(),
         )
     });
     if sample::mean() != 0 {

@@ -230,7 +230,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             } else if temporary {
                 snapshot
                     .temporary_statistics(by.into())
-                    .ok_or(Error::AllocationTotalsUnknown)?
+                    .ok_or(Error::TemporariesUnknown)?
             } else {
                 snapshot.cumulative_statistics(by.into())
             };

@@ -111,6 +111,8 @@ pub struct Snapshot {
     traces: Vec<Trace>,
     /// Per stack, what was allocated and is no longer live; `None` when unknown.
     released: Option<Vec<Released>>,
+    /// Whether `released` counts temporary allocations (files before version 3 do not).
+    temporaries_known: bool,
     /// What was live at the traced peak; `None` when unknown.
     peak: Option<Peak>,
     /// Blocks requested per power-of-two size bucket; `None` when unknown.
@@ -170,6 +172,7 @@ impl Snapshot {
         Snapshot {
             traces,
             released: Some(Vec::new()),
+            temporaries_known: true,
             peak: None,
             sizes: None,
             duration: None,
@@ -225,6 +228,7 @@ impl Snapshot {
         Snapshot {
             traces,
             released,
+            temporaries_known: self.temporaries_known,
             peak,
             sizes: self.sizes.clone(),
             duration: self.duration,
@@ -295,6 +299,7 @@ impl Snapshot {
         Some(Snapshot {
             traces,
             released: None,
+            temporaries_known: false,
             peak: None,
             sizes: None,
             duration: peak.at,
@@ -338,7 +343,7 @@ impl Snapshot {
             live_blocks: 0,
             total: known.then_some((0, 0)),
             peak: peak_known.then_some((0, 0)),
-            temporary: known.then_some((0, 0)),
+            temporary: (known && self.temporaries_known).then_some((0, 0)),
         };
         let add = |sum: &mut Option<(u64, u64)>, bytes: u64, blocks: u64| {
             if let Some(sum) = sum {
@@ -590,6 +595,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
         return Snapshot {
             traces: Vec::new(),
             released: None,
+            temporaries_known: false,
             peak,
             sizes: None,
             duration: crate::counters::since_start(),
@@ -601,6 +607,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
     Snapshot {
         traces,
         released: complete.then_some(released),
+        temporaries_known: true,
         peak,
         sizes: (sample_mean == 0).then(|| sizes.to_vec()),
         duration: crate::counters::since_start(),

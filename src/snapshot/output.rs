@@ -4,7 +4,7 @@
 //! traceback limit; allocator and standard-library frames trimmed), so the pictures point at
 //! the program's own lines, like the statistics.
 
-use super::{ByShown, Frame, Snapshot, Traceback};
+use super::{ByShown, Frame, GroupBy, Snapshot, Traceback};
 use crate::error::Error;
 use std::collections::HashMap;
 use std::path::Path;
@@ -113,6 +113,9 @@ impl Snapshot {
         if matches!(metric, Metric::Allocated | Metric::Temporary) && !self.has_allocation_totals()
         {
             return Err(Error::AllocationTotalsUnknown);
+        }
+        if metric == Metric::Temporary && self.temporary_statistics(GroupBy::Line).is_none() {
+            return Err(Error::TemporariesUnknown);
         }
         if metric == Metric::Peak && self.peak_size().is_none() {
             return Err(Error::PeakNotKept);

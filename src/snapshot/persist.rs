@@ -350,6 +350,7 @@ impl Snapshot {
         Ok(Snapshot {
             traces,
             released,
+            temporaries_known: version >= 3,
             peak,
             sizes,
             duration,

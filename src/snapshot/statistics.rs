@@ -1,6 +1,6 @@
 //! Grouping traces into statistics, and the top-N report.
 
-use super::{ByShown, Frame, Identity, Snapshot, Traceback};
+use super::{ByShown, Frame, Identity, Snapshot, StackTotals, Traceback};
 use crate::format::format_size;
 use std::collections::HashMap;
 use std::fmt;
@@ -300,34 +300,36 @@ impl Snapshot {
     /// from, as DHAT's "total" and pprof's `alloc_space`. `None` when the snapshot does not
     /// know (a file written in format version 1).
     pub fn allocation_statistics(&self, group_by: GroupBy) -> Option<Vec<Statistic>> {
-        let mut groups = Groups::default();
-        for stack in self.per_stack_totals() {
-            let (bytes, blocks) = stack.total?;
-            groups.add(
-                group_by.key(&stack.traceback),
-                bytes as usize,
-                blocks as usize,
-                &stack.traceback,
-                stack.traceback.via_frame().map(|f| &f.function),
-            );
-        }
         self.has_allocation_totals()
-            .then(|| groups.sorted(group_by, self.sampled().is_some()))
+            .then(|| self.statistics_of(group_by, |stack| stack.total))
     }
 
     /// Temporary allocations per group, most blocks first: blocks freed by the thread that
     /// allocated them before it allocated anything else (heaptrack's definition; a
     /// reallocation is not a free). The classic thing to optimise in Rust: a `format!` or a
     /// `Vec` built and dropped in a loop. `size` is their bytes, `count` their number. `None`
-    /// when the snapshot does not know (an older file).
+    /// when the snapshot does not know (a file written before format version 3).
     pub fn temporary_statistics(&self, group_by: GroupBy) -> Option<Vec<Statistic>> {
-        self.released.as_ref()?;
+        if !self.has_allocation_totals() || !self.temporaries_known {
+            return None;
+        }
+        let mut stats = self.statistics_of(group_by, |stack| stack.temporary);
+        stats.sort_by(|a, b| b.count.cmp(&a.count).then(b.size.cmp(&a.size)));
+        Some(stats)
+    }
+
+    /// Groups one figure of each stack's totals (stacks without blocks in it left out),
+    /// biggest first.
+    fn statistics_of(
+        &self,
+        group_by: GroupBy,
+        figure: impl Fn(&StackTotals) -> Option<(u64, u64)>,
+    ) -> Vec<Statistic> {
         let mut groups = Groups::default();
         for stack in self.per_stack_totals() {
-            let (bytes, blocks) = stack.temporary.unwrap_or_default();
-            if blocks == 0 {
+            let Some((bytes, blocks)) = figure(&stack).filter(|&(_, blocks)| blocks > 0) else {
                 continue;
-            }
+            };
             groups.add(
                 group_by.key(&stack.traceback),
                 bytes as usize,
@@ -336,9 +338,7 @@ impl Snapshot {
                 stack.traceback.via_frame().map(|f| &f.function),
             );
         }
-        let mut stats = groups.sorted(group_by, self.sampled().is_some());
-        stats.sort_by(|a, b| b.count.cmp(&a.count).then(b.size.cmp(&a.size)));
-        Some(stats)
+        groups.sorted(group_by, self.sampled().is_some())
     }
 
     /// Size and count per distinct traceback. Many traces share one `Traceback` (interned
