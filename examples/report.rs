@@ -42,7 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     snapshot.write_folded(path("live.folded"), Metric::Live)?;
     snapshot.write_flamegraph(path("live.svg"), Metric::Live)?;
     snapshot.write_flamegraph(path("allocated.svg"), Metric::Allocated)?;
+    snapshot.write_flamegraph(path("peak.svg"), Metric::Peak)?;
     snapshot.write_pprof(path("heap.pb.gz"))?;
+    if let Some(peak) = snapshot.at_peak() {
+        peak.write_pprof(path("peak.pb.gz"))?;
+    }
     snapshot.write_dhat(path("dhat.json"), Metric::Allocated)?;
     snapshot.dump(path("snapshot.tracealloc"))?;
     series.write_csv(path("timeline.csv"))?;
@@ -61,7 +65,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "live.folded         folded stacks (flamegraph.pl, speedscope)",
         "live.svg            flame graph of live memory",
         "allocated.svg       flame graph of everything allocated",
+        "peak.svg            flame graph of what was live at the peak",
         "heap.pb.gz          pprof: go tool pprof -top heap.pb.gz",
+        "peak.pb.gz          pprof of what was live at the peak",
         "dhat.json           DHAT: open /usr/libexec/valgrind/dh_view.html, load it",
         "snapshot.tracealloc tracealloc top snapshot.tracealloc",
         "timeline.csv        traced and resident memory over time",

@@ -229,6 +229,23 @@ fn pprof_decodes_and_its_totals_match() {
             *sum += v;
         }
         assert!(!ints(sample, 1).is_empty(), "every sample has locations");
+        // Live samples carry their blocks' size as a numeric `bytes` label, as Go's heap
+        // profiles do (`go tool pprof -tags`); the freed remainder has none.
+        let labels = messages(sample, 3);
+        let (objects, space) = (ints(sample, 2)[2], ints(sample, 2)[3]);
+        if objects > 0 {
+            assert_eq!(labels.len(), 1, "one label per live sample");
+            let label = &labels[0];
+            assert_eq!(strings[ints(label, 1)[0] as usize], "bytes");
+            assert_eq!(strings[ints(label, 4)[0] as usize], "bytes");
+            assert_eq!(
+                ints(label, 3)[0] * objects,
+                space,
+                "the label is the blocks' size"
+            );
+        } else {
+            assert!(labels.is_empty());
+        }
     }
     let (allocated_bytes, allocated_blocks) = snapshot.allocated_total().unwrap();
     assert_eq!(

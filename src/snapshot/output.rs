@@ -262,6 +262,20 @@ mod pprof {
         pub(super) location_id: Vec<u64>,
         #[prost(int64, repeated, tag = "2")]
         pub(super) value: Vec<i64>,
+        #[prost(message, repeated, tag = "3")]
+        pub(super) label: Vec<Label>,
+    }
+
+    /// A numeric label (`str` unused): Go's heap profiles label each sample `bytes` with its
+    /// blocks' size, which `go tool pprof -tags` tabulates.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Label {
+        #[prost(int64, tag = "1")]
+        pub(super) key: i64,
+        #[prost(int64, tag = "3")]
+        pub(super) num: i64,
+        #[prost(int64, tag = "4")]
+        pub(super) num_unit: i64,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -318,6 +332,55 @@ mod pprof {
 
 #[cfg(feature = "pprof")]
 impl Snapshot {
+    /// Per shown stack, its live blocks by size: (size, blocks, bytes), smallest first
+    /// (estimates, rounded, when sampled).
+    // Tracebacks hash by their frames (see `shown_stacks`).
+    #[allow(clippy::mutable_key_type)]
+    fn live_sizes_by_shown_stack(&self) -> HashMap<ByShown, Vec<(usize, u64, u64)>> {
+        let mut by_stack: HashMap<super::Identity, (Traceback, HashMap<usize, u64>)> =
+            HashMap::new();
+        for trace in self.traces() {
+            *by_stack
+                .entry(trace.traceback.identity())
+                .or_insert_with(|| (trace.traceback.clone(), HashMap::new()))
+                .1
+                .entry(trace.size)
+                .or_default() += 1;
+        }
+        let mean = self.sample_mean;
+        let mut merged: HashMap<ByShown, HashMap<usize, (f64, f64)>> = HashMap::new();
+        for (traceback, sizes) in by_stack.into_values() {
+            let shown = ByShown(Traceback::from_frames(shown_frames(&traceback)));
+            let slot = merged.entry(shown).or_default();
+            for (size, n) in sizes {
+                let (blocks, bytes) = if mean == 0 {
+                    (n as f64, (n * size as u64) as f64)
+                } else {
+                    (
+                        n as f64 * crate::sample::estimated_blocks(size, mean),
+                        n as f64 * crate::sample::estimated_bytes(size, mean),
+                    )
+                };
+                let sum = slot.entry(size).or_default();
+                sum.0 += blocks;
+                sum.1 += bytes;
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(shown, sizes)| {
+                let mut sizes: Vec<(usize, u64, u64)> = sizes
+                    .into_iter()
+                    .map(|(size, (blocks, bytes))| {
+                        (size, blocks.round() as u64, bytes.round() as u64)
+                    })
+                    .collect();
+                sizes.sort_unstable();
+                (shown, sizes)
+            })
+            .collect()
+    }
+
     /// The snapshot as a pprof profile (profile.proto, gzipped), readable by `go tool pprof`,
     /// Pyroscope, Parca, Grafana and speedscope. Sample values are `inuse_objects` and
     /// `inuse_space` (the default), preceded by `alloc_objects` and `alloc_space` when the
@@ -354,6 +417,8 @@ impl Snapshot {
         let mut samples = Vec::new();
         let mut shown = self.shown_stacks();
         shown.sort_by(|a, b| a.traceback.shown().cmp(&b.traceback.shown()));
+        let sizes = self.live_sizes_by_shown_stack();
+        let bytes_key = strings.id("bytes");
         for stack in &shown {
             let frames = stack.traceback.frames();
             let mut ids = Vec::with_capacity(frames.len());
@@ -391,16 +456,39 @@ impl Snapshot {
                 }
                 ids.push(location);
             }
-            let mut value = Vec::with_capacity(4);
-            if with_totals {
-                let (bytes, blocks) = stack.total.unwrap_or_default();
+            // One sample per size of the live blocks, labelled `bytes` as Go's heap profiles
+            // are; what was allocated and freed, in one more sample without a label (the sizes
+            // of freed blocks are not kept).
+            let mut live = (0u64, 0u64);
+            for &(size, blocks, bytes) in sizes
+                .get(&ByShown(stack.traceback.clone()))
+                .map_or(&[][..], Vec::as_slice)
+            {
+                live = (live.0 + blocks, live.1 + bytes);
+                let mut value = Vec::with_capacity(4);
+                if with_totals {
+                    value.extend([blocks as i64, bytes as i64]);
+                }
                 value.extend([blocks as i64, bytes as i64]);
+                samples.push(Sample {
+                    location_id: ids.clone(),
+                    value,
+                    label: vec![Label {
+                        key: bytes_key,
+                        num: size as i64,
+                        num_unit: bytes_key,
+                    }],
+                });
             }
-            value.extend([stack.live_blocks as i64, stack.live_bytes as i64]);
-            samples.push(Sample {
-                location_id: ids,
-                value,
-            });
+            let (bytes, blocks) = stack.total.unwrap_or_default();
+            let freed = (blocks.saturating_sub(live.0), bytes.saturating_sub(live.1));
+            if with_totals && freed != (0, 0) {
+                samples.push(Sample {
+                    location_id: ids,
+                    value: vec![freed.0 as i64, freed.1 as i64, 0, 0],
+                    label: Vec::new(),
+                });
+            }
         }
         let comment = self.notes().iter().map(|n| strings.id(n)).collect();
         let period_type = Some(ValueType {
