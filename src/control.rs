@@ -197,10 +197,10 @@ pub(crate) fn process_figures() -> snapshot::ProcessFigures {
 /// of block sizes); [`take_snapshot`]`()?.at_peak()` gives the same with the live traces too.
 ///
 /// Exact on one thread: its total is the traced peak. When threads allocate at once, the
-/// figures are those of one moment at the peak, except that an allocation or free another
-/// thread makes in the instant between the peak's counter update and its thread's next step
-/// may fall on either side (the counter and the per-stack figures are updated under different
-/// locks). Fails with [`Error::NotTracing`] when not tracing and [`Error::PeakNotKept`] while
+/// figures are those of one moment at the peak, except that each other thread's one operation
+/// in flight at that moment may fall on either side (the counter and the per-stack figures are
+/// updated in two steps), and a `realloc` in progress on another thread may be missing its old
+/// block. Fails with [`Error::NotTracing`] when not tracing and [`Error::PeakNotKept`] while
 /// sampling (the per-stack peak figures are kept for exact tracing only).
 pub fn peak_snapshot() -> Result<Snapshot, Error> {
     ensure_tracing()?;

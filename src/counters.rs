@@ -69,37 +69,42 @@ pub(crate) fn since_start() -> Option<std::time::Duration> {
 }
 
 /// A block of `size` bytes recorded, in place of one of `old` bytes (0 unless a `realloc`) in
-/// one atomic operation: the old block was live until the new one existed, so the peak is the same as
-/// with a subtraction followed by an addition.
+/// one atomic operation: the old block was live until the new one existed, so the peak is the
+/// same as with a subtraction followed by an addition. Returns whether this raised the peak.
+/// A decrease (a `realloc` that shrinks) leaves [`decreased`] to the caller.
 #[inline]
-pub(crate) fn replaced(old: usize, size: usize) {
+pub(crate) fn replaced(old: usize, size: usize) -> bool {
     if size >= old {
         let grow = size - old;
         let now = CURRENT.0.fetch_add(grow, Relaxed).wrapping_add(grow);
-        raise(now);
+        raise(now)
     } else {
-        CURRENT.0.fetch_sub(old - size, Relaxed);
-        decreased();
+        subtract(old - size);
+        false
     }
 }
 
-/// Raises the peak to `now` bytes if it is higher.
+/// Raises the peak to `now` bytes if it is higher; returns whether it did.
 #[inline(always)]
-fn raise(now: usize) {
+fn raise(now: usize) -> bool {
     let word = PEAK.0.word.load(Relaxed);
     let now = (now as u64).min(PEAK_MASK);
-    if now > word & PEAK_MASK {
-        // The generation is stable: the caller holds a shard lock, a reset holds them all.
-        PEAK.0.word.fetch_max(word & !PEAK_MASK | now, Relaxed);
-        if !PEAK.0.untimed.load(Relaxed) {
-            PEAK.0.untimed.store(true, Relaxed);
-        }
+    if now <= word & PEAK_MASK {
+        return false;
     }
+    // The generation is stable: the caller holds a shard lock, a reset holds them all.
+    PEAK.0.word.fetch_max(word & !PEAK_MASK | now, Relaxed);
+    if !PEAK.0.untimed.load(Relaxed) {
+        PEAK.0.untimed.store(true, Relaxed);
+    }
+    true
 }
 
-/// `current` went down: if it was at a new peak, that peak's time is now.
+/// `current` went down: if it was at a new peak, that peak's time is now. The table calls it
+/// once the site is updated, so that the clock read stays out of the window between the
+/// change of `current` and the site's read of the peak word.
 #[inline(always)]
-fn decreased() {
+pub(crate) fn decreased() {
     if PEAK.0.untimed.load(Relaxed) {
         time_peak();
     }
@@ -139,8 +144,20 @@ pub(crate) fn epoch() -> u64 {
 
 #[inline]
 pub(crate) fn removed(size: usize) {
-    CURRENT.0.fetch_sub(size, Relaxed);
+    subtract(size);
     decreased();
+}
+
+/// [`removed`] without the peak's timing: the caller calls [`decreased`] after.
+///
+/// The state just before a decrease may be a peak whose raise is still on its way (another
+/// thread added to `current` and has not yet raised the word): the decrease raises it first,
+/// so that the word already shows that peak when this thread's site reads it. With two threads
+/// this closes the window; with more, a peak still on its way from a third thread while a
+/// second one decreased `current` in between can land after the site's read.
+#[inline(always)]
+pub(crate) fn subtract(size: usize) {
+    let _ = raise(CURRENT.0.fetch_sub(size, Relaxed));
 }
 
 /// A block the tracer could not record (its own memory ran out).
@@ -195,7 +212,7 @@ pub(crate) fn dropped_blocks() -> u64 {
 /// need be.
 pub(crate) fn set_current(bytes: usize) {
     CURRENT.0.store(bytes, Relaxed);
-    raise(bytes);
+    let _ = raise(bytes);
 }
 
 /// Sets the peak to `current`: a new peak generation. Call with every shard lock held (see

@@ -7,6 +7,18 @@
 //! buys exact enumeration of live blocks for snapshots; 64 shards keep two threads from
 //! meeting. Totals live in the shards, under the lock, so they cost no extra atomic operation.
 //!
+//! # Order of the peak figures
+//! A table operation changes `current` first and its stack's site after (both under the shard
+//! lock), so the site reads the peak word *after* its bytes moved: a peak reached by another
+//! thread before that move (its state held the block, or did not yet) is seen, and the site's
+//! figures at that peak are its figures before the change. What stays inexact is the few
+//! instructions between an operation's own change of `current` and its read of the peak word,
+//! and between another thread's change of `current` and its raise of the word: an event inside
+//! either window may land on the wrong side of a peak reached by another thread. A `realloc`
+//! takes its old block out of the site before the inner reallocation and out of `current` with
+//! the new block's arrival, so for that time a peak reached by another thread misses the old
+//! block.
+//!
 //! # Lock order
 //! Every lock in this crate is a leaf: a thread holds at most one of them, and never allocates
 //! through the global allocator while holding it (tables grow through `MetaAlloc`, i.e. `System`).
@@ -299,7 +311,25 @@ impl Shard {
         self.sites.insert_unique(h, site, |r| stack_hash(r.stack));
     }
 
-    /// One block of `stack` leaves the table (freed, reallocated, replaced).
+    /// One block of `stack` enters the table; `raised`: its arrival in `current` made a new
+    /// peak, which holds it. Call after `current` has changed: a peak reached before reads the
+    /// site as it was before this change (see the module's notes on order).
+    #[inline(always)]
+    fn add_block(&mut self, stack: StackId, weight: sample::Weight, raised: bool) {
+        self.with_site(stack, |site| {
+            site.allocated_bytes += weight.bytes;
+            site.allocated_blocks += weight.blocks;
+            site.live_bytes += weight.bytes;
+            site.live_blocks += weight.blocks;
+            if raised {
+                site.peak_bytes = site.live_bytes;
+                site.peak_blocks = site.live_blocks;
+            }
+        });
+    }
+
+    /// One block of `stack` leaves the table (freed, reallocated, replaced); after `current`
+    /// has changed, as [`add_block`](Self::add_block).
     #[inline(always)]
     fn release(&mut self, stack: StackId, weight: sample::Weight, temporary: bool) {
         self.with_site(stack, |site| {
@@ -415,24 +445,22 @@ pub(crate) fn insert(
     shard.allocated_bytes += weight.bytes;
     shard.held += weight.bytes;
     shard.sizes[size_bucket(size)] += weight.blocks;
-    shard.with_site(stack, |site| {
-        site.allocated_bytes += weight.bytes;
-        site.allocated_blocks += weight.blocks;
-        site.live_bytes += weight.bytes;
-        site.live_blocks += weight.blocks;
-    });
     if sample::mean() != 0 {
         sample::mark(address);
     }
     let Some(stale) = stale else {
-        counters::replaced(credit, weight.bytes as usize);
+        let raised = counters::replaced(credit, weight.bytes as usize);
+        shard.add_block(stack, weight, raised);
+        if credit > weight.bytes as usize {
+            counters::decreased();
+        }
         return Ok(None);
     };
     // A record survived a free we did not see (a race with `stop`); the address is live
     // again, so the old block is gone.
     let old = shard.unpack_and_forget(&stale, h);
     let old_weight = sample::weight(old.size);
-    counters::removed(old_weight.bytes as usize);
+    counters::subtract(old_weight.bytes as usize);
     shard.held -= old_weight.bytes;
     if sample::mean() != 0 {
         sample::unmark(address);
@@ -445,21 +473,18 @@ pub(crate) fn insert(
         shard.allocated_bytes -= weight.bytes;
         shard.held -= weight.bytes;
         shard.sizes[size_bucket(size)] -= weight.blocks;
-        shard.with_site(stack, |site| {
-            site.allocated_bytes = site.allocated_bytes.saturating_sub(weight.bytes);
-            site.allocated_blocks = site.allocated_blocks.saturating_sub(weight.blocks);
-            site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
-            site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
-        });
         if sample::mean() != 0 {
             sample::unmark(address);
         }
+        counters::decreased();
         return Err(());
     };
     if let Some(s) = shard.live.find_mut(h, |s| s.address == address) {
         *s = slot;
     }
-    counters::replaced(credit, weight.bytes as usize);
+    let raised = counters::replaced(credit, weight.bytes as usize);
+    shard.add_block(stack, weight, raised);
+    counters::decreased();
     Ok(Some(old))
 }
 
@@ -523,13 +548,16 @@ pub(crate) fn remove(
         }
     };
     let weight = sample::weight(entry.size);
-    shard.release(entry.stack, weight, temporary);
     shard.held -= weight.bytes;
     if sample::mean() != 0 {
         sample::unmark(address);
     }
     if count {
-        counters::removed(weight.bytes as usize);
+        counters::subtract(weight.bytes as usize);
+    }
+    shard.release(entry.stack, weight, temporary);
+    if count {
+        counters::decreased();
     }
     Ok(Some((entry, weight.bytes as usize)))
 }

@@ -156,3 +156,41 @@ fn errors_are_one_line_and_exit_code_1() {
     let usage = run(args!["top"]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+#[test]
+fn the_peak_temporaries_and_the_report_from_a_file() {
+    let file = damaged("valid.tracealloc");
+    assert_eq!(
+        ok(args!["top", file, "--peak"]),
+        "#1: src/main.rs:41: size=8192 B, count=4, average=2048 B\nTotal allocated size: 8192 B\n"
+    );
+    assert_eq!(
+        ok(args!["top", file, "--temporary"]),
+        "#1: src/main.rs:41: size=1024 B, count=1, average=1024 B\n"
+    );
+    let report = ok(args!["report", file, "-n", "1"]);
+    assert!(
+        report.starts_with(
+            "tracealloc: peak 8192 B at 1.25 s of 2.50 s; live at the snapshot 2112 B"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "tracealloc: top 1 lines at the peak (8192 B)\n#1: src/main.rs:41: size=8192 B"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("tracealloc: temporary allocations"),
+        "{report}"
+    );
+    assert!(report.contains("tracealloc: allocation sizes"), "{report}");
+    // An older file: the peak and the temporaries are unknown, and say so.
+    let old = damaged("valid_v2.tracealloc");
+    assert!(fails(args!["top", old, "--peak"]).contains("not known"));
+    assert!(fails(args!["top", old, "--temporary"]).contains("does not know its temporary"));
+    let report = ok(args!["report", old]);
+    assert!(!report.contains("at the peak"), "{report}");
+    assert!(!report.contains("temporary"), "{report}");
+}

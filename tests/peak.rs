@@ -104,6 +104,9 @@ fn the_peak_temporaries_and_sizes_are_exact() {
     let stat = at_line(&by_line, line).expect("the 48 MiB line is in the peak snapshot");
     assert_eq!((stat.size, stat.count), (48 * MIB, 1));
     assert_eq!(by_line[0].size, 48 * MIB, "the biggest line at the peak");
+    // It knows it is the peak.
+    assert_eq!(peak.peak_size(), Some(peak.total_size()));
+    assert!(peak.peak_time().is_some());
     let now = tracealloc::take_snapshot().unwrap();
     assert!(at_line(&now.statistics(GroupBy::Line), line).is_none());
     // The same breakdown rides along in every snapshot, and in its dump.

@@ -214,7 +214,18 @@ fn run(cli: Cli) -> Result<(), Error> {
                 .chain(exclude.iter().map(|p| Filter::exclude(p)))
                 .collect::<Result<Vec<_>, _>>()?;
             let snapshot = snapshot.filter_traces(&filters);
-            if !allocated && !cumulative && !temporary {
+            if temporary {
+                let report = snapshot
+                    .temporary_report(by.into(), limit)
+                    .ok_or(Error::TemporariesUnknown)?;
+                if report.top().is_empty() {
+                    println!("no temporary allocations");
+                } else {
+                    println!("{}", report.to_string().trim_end());
+                }
+                return Ok(());
+            }
+            if !allocated && !cumulative {
                 // tracemalloc's layout: notes, the top lines with their source, the rest, the
                 // total.
                 println!("{}", snapshot.report(by.into(), limit));
@@ -227,10 +238,6 @@ fn run(cli: Cli) -> Result<(), Error> {
                 snapshot
                     .allocation_statistics(by.into())
                     .ok_or(Error::AllocationTotalsUnknown)?
-            } else if temporary {
-                snapshot
-                    .temporary_statistics(by.into())
-                    .ok_or(Error::TemporariesUnknown)?
             } else {
                 snapshot.cumulative_statistics(by.into())
             };
@@ -241,9 +248,6 @@ fn run(cli: Cli) -> Result<(), Error> {
                         println!("{line}");
                     }
                 }
-            }
-            if temporary && stats.is_empty() {
-                println!("no temporary allocations");
             }
             if allocated {
                 // Groups of allocation totals are disjoint, so the rest and the total add up

@@ -300,7 +300,8 @@ impl Snapshot {
             traces,
             released: None,
             temporaries_known: false,
-            peak: None,
+            // It is its own peak: `peak_size` and `peak_time` answer, `at_peak` is itself.
+            peak: Some(peak.clone()),
             sizes: None,
             duration: peak.at,
             sample_mean: 0,

@@ -318,6 +318,17 @@ impl Snapshot {
         Some(stats)
     }
 
+    /// [`temporary_statistics`](Self::temporary_statistics) as a printable top-`limit` report
+    /// (each line with its source, the rest summed); `None` when the snapshot does not know.
+    pub fn temporary_report(&self, group_by: GroupBy, limit: usize) -> Option<Report> {
+        Some(Report {
+            notes: self.notes(),
+            stats: self.temporary_statistics(group_by)?,
+            limit,
+            total_line: false,
+        })
+    }
+
     /// Groups one figure of each stack's totals (stacks without blocks in it left out),
     /// biggest first.
     fn statistics_of(
