@@ -30,7 +30,9 @@ fn the_block_that_made_the_peak_is_in_it_while_another_thread_allocates() {
         let (peak, traced, line) = std::thread::scope(|s| {
             let grower = s.spawn(|| {
                 let mut keep: Vec<Box<[u8; 64]>> = Vec::with_capacity(1 << 21);
-                while !go.load(SeqCst) {}
+                while !go.load(SeqCst) {
+                    std::hint::spin_loop();
+                }
                 while !done.load(SeqCst) && keep.len() < keep.capacity() {
                     keep.push(Box::new([1u8; 64]));
                 }

@@ -387,6 +387,8 @@ impl Snapshot {
     /// snapshot knows its allocation totals: Go's heap-profile layout, so `-sample_index`
     /// works as with Go programs. One location per machine-code address, with a line for each
     /// frame inlined there (innermost first), the call site first.
+    // Tracebacks hash by their frames (see `shown_stacks`).
+    #[allow(clippy::mutable_key_type)]
     pub fn pprof_bytes(&self) -> Result<Vec<u8>, Error> {
         use pprof::*;
         use prost::Message;
