@@ -272,24 +272,34 @@ impl Shard {
         }
     }
 
-    /// Applies `change` to the site of `stack`, its peak figures brought to the current epoch
-    /// first. A new site that the table has no room for is counted in
-    /// `counters::lost_release` (the totals become unknown) and `change` is not applied.
+    /// Finds the site of `stack`, then runs `counter` (the operation's change of `current`),
+    /// then brings the site's peak figures to the peak word as it is after that change and
+    /// applies `change` (with `counter`'s answer). The order matters for the peak figures (see
+    /// the module's notes); the site is looked up first so that its loads are not held up
+    /// behind the counter's locked instruction. A new site that the table has no room for is
+    /// counted in `counters::lost_release` (the totals become unknown) and `change` is not
+    /// applied.
     #[inline(always)]
-    fn with_site(&mut self, stack: StackId, change: impl FnOnce(&mut Site)) {
+    fn with_site<R>(
+        &mut self,
+        stack: StackId,
+        counter: impl FnOnce() -> R,
+        change: impl FnOnce(&mut Site, R),
+    ) {
         let h = stack_hash(stack);
-        let epoch = counters::epoch();
         if let Some(site) = self.sites.find_mut(h, |r| r.stack == stack) {
-            site.sync(epoch);
-            change(site);
+            let r = counter();
+            site.sync(counters::epoch());
+            change(site, r);
             return;
         }
-        self.new_site(stack, h, epoch, change);
+        let r = counter();
+        self.new_site(stack, h, move |site| change(site, r));
     }
 
     #[cold]
     #[inline(never)]
-    fn new_site(&mut self, stack: StackId, h: u64, epoch: u64, change: impl FnOnce(&mut Site)) {
+    fn new_site(&mut self, stack: StackId, h: u64, change: impl FnOnce(&mut Site)) {
         if self.sites.try_reserve(1, |r| stack_hash(r.stack)).is_err() {
             counters::lost_release();
             return;
@@ -303,7 +313,7 @@ impl Shard {
             peak_bytes: 0,
             peak_blocks: 0,
             // New: it held nothing at the current peak.
-            epoch,
+            epoch: counters::epoch(),
             temporary_blocks: 0,
             temporary_bytes: 0,
         };
@@ -311,35 +321,53 @@ impl Shard {
         self.sites.insert_unique(h, site, |r| stack_hash(r.stack));
     }
 
-    /// One block of `stack` enters the table; `raised`: its arrival in `current` made a new
-    /// peak, which holds it. Call after `current` has changed: a peak reached before reads the
-    /// site as it was before this change (see the module's notes on order).
+    /// One block of `stack` enters the table, in place of `credit` bytes of a reallocated
+    /// block (see [`counters::replaced`]): `current` changes, then the site.
     #[inline(always)]
-    fn add_block(&mut self, stack: StackId, weight: sample::Weight, raised: bool) {
-        self.with_site(stack, |site| {
-            site.allocated_bytes += weight.bytes;
-            site.allocated_blocks += weight.blocks;
-            site.live_bytes += weight.bytes;
-            site.live_blocks += weight.blocks;
-            if raised {
-                site.peak_bytes = site.live_bytes;
-                site.peak_blocks = site.live_blocks;
-            }
-        });
+    fn add_block(&mut self, stack: StackId, weight: sample::Weight, credit: usize) {
+        self.with_site(
+            stack,
+            || counters::replaced(credit, weight.bytes as usize),
+            |site, raised| {
+                site.allocated_bytes += weight.bytes;
+                site.allocated_blocks += weight.blocks;
+                site.live_bytes += weight.bytes;
+                site.live_blocks += weight.blocks;
+                if raised {
+                    // This block made a new peak, which holds it.
+                    site.peak_bytes = site.live_bytes;
+                    site.peak_blocks = site.live_blocks;
+                }
+            },
+        );
+        if credit > weight.bytes as usize {
+            counters::decreased();
+        }
     }
 
-    /// One block of `stack` leaves the table (freed, reallocated, replaced); after `current`
-    /// has changed, as [`add_block`](Self::add_block).
+    /// One block of `stack` leaves the table (freed, reallocated, replaced); with `count`, its
+    /// bytes leave `current` first.
     #[inline(always)]
-    fn release(&mut self, stack: StackId, weight: sample::Weight, temporary: bool) {
-        self.with_site(stack, |site| {
-            site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
-            site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
-            if temporary {
-                site.temporary_blocks += weight.blocks;
-                site.temporary_bytes += weight.bytes;
-            }
-        });
+    fn release(&mut self, stack: StackId, weight: sample::Weight, temporary: bool, count: bool) {
+        self.with_site(
+            stack,
+            || {
+                if count {
+                    counters::subtract(weight.bytes as usize);
+                }
+            },
+            |site, ()| {
+                site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
+                site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
+                if temporary {
+                    site.temporary_blocks += weight.blocks;
+                    site.temporary_bytes += weight.bytes;
+                }
+            },
+        );
+        if count {
+            counters::decreased();
+        }
     }
 }
 
@@ -449,23 +477,18 @@ pub(crate) fn insert(
         sample::mark(address);
     }
     let Some(stale) = stale else {
-        let raised = counters::replaced(credit, weight.bytes as usize);
-        shard.add_block(stack, weight, raised);
-        if credit > weight.bytes as usize {
-            counters::decreased();
-        }
+        shard.add_block(stack, weight, credit);
         return Ok(None);
     };
     // A record survived a free we did not see (a race with `stop`); the address is live
     // again, so the old block is gone.
     let old = shard.unpack_and_forget(&stale, h);
     let old_weight = sample::weight(old.size);
-    counters::subtract(old_weight.bytes as usize);
     shard.held -= old_weight.bytes;
     if sample::mean() != 0 {
         sample::unmark(address);
     }
-    shard.release(old.stack, old_weight, false);
+    shard.release(old.stack, old_weight, false, true);
     let Ok(slot) = shard.pack(address, size, stack, scope, h) else {
         if let Ok(e) = shard.live.find_entry(h, |s| s.address == address) {
             e.remove();
@@ -476,15 +499,12 @@ pub(crate) fn insert(
         if sample::mean() != 0 {
             sample::unmark(address);
         }
-        counters::decreased();
         return Err(());
     };
     if let Some(s) = shard.live.find_mut(h, |s| s.address == address) {
         *s = slot;
     }
-    let raised = counters::replaced(credit, weight.bytes as usize);
-    shard.add_block(stack, weight, raised);
-    counters::decreased();
+    shard.add_block(stack, weight, credit);
     Ok(Some(old))
 }
 
@@ -504,10 +524,14 @@ pub(crate) fn restore(entry: Entry) -> bool {
     shard.live.insert_unique(h, slot, rehash);
     let weight = sample::weight(entry.size);
     shard.held += weight.bytes;
-    shard.with_site(entry.stack, |site| {
-        site.live_bytes += weight.bytes;
-        site.live_blocks += weight.blocks;
-    });
+    shard.with_site(
+        entry.stack,
+        || (),
+        |site, ()| {
+            site.live_bytes += weight.bytes;
+            site.live_blocks += weight.blocks;
+        },
+    );
     if sample::mean() != 0 {
         sample::mark(entry.address);
     }
@@ -552,13 +576,7 @@ pub(crate) fn remove(
     if sample::mean() != 0 {
         sample::unmark(address);
     }
-    if count {
-        counters::subtract(weight.bytes as usize);
-    }
-    shard.release(entry.stack, weight, temporary);
-    if count {
-        counters::decreased();
-    }
+    shard.release(entry.stack, weight, temporary, count);
     Ok(Some((entry, weight.bytes as usize)))
 }
 
