@@ -41,6 +41,9 @@ const PEAK_BITS: u32 = 44;
 const PEAK_MASK: u64 = (1 << PEAK_BITS) - 1;
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// How many times the table was cleared (`start`, `stop`, `clear_traces`, `set_sampling`): a
+/// measurement that sees it change knows its blocks' records went away under it.
+static CLEARS: AtomicU64 = AtomicU64::new(0);
 static LOST_RELEASES: AtomicU64 = AtomicU64::new(0);
 /// CLOCK_MONOTONIC nanoseconds when tracing last started; 0 = not yet.
 static STARTED_AT: AtomicU64 = AtomicU64::new(0);
@@ -223,6 +226,15 @@ pub(crate) fn reset_peak() {
     let now = (CURRENT.0.load(Relaxed) as u64).min(PEAK_MASK);
     PEAK.0.word.store(generation << PEAK_BITS | now, Relaxed);
     PEAK.0.untimed.store(true, Relaxed);
+}
+
+/// Notes that the table is being cleared (with every shard lock held).
+pub(crate) fn note_clear() {
+    CLEARS.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn clears() -> u64 {
+    CLEARS.load(Relaxed)
 }
 
 /// Zeroes the dropped count (at `start`); totals live in the table's shards.

@@ -43,6 +43,9 @@ pub enum Error {
     /// Temporary allocations were asked of a snapshot read from a file written before format
     /// version 3, which did not count them.
     TemporariesUnknown,
+    /// `clear_traces`, `stop`, `start` or `set_sampling` ran (on some thread) while a
+    /// measurement was open: the records of its blocks are gone, so its figures would be wrong.
+    MeasurementDisturbed,
     /// A timeline interval under 1 ms.
     InvalidInterval {
         /// The interval asked for.
@@ -126,6 +129,12 @@ impl fmt::Display for Error {
             Error::TemporariesUnknown => f.write_str(
                 "this snapshot does not know its temporary allocations (it was read from a \
                  file written before format version 3)",
+            ),
+            Error::MeasurementDisturbed => f.write_str(
+                "the measurement was disturbed: clear_traces(), stop(), start() or \
+                 set_sampling() ran while it was open, so the records of its blocks are gone and \
+                 its figures would be wrong; do not call them while tests measure (run such a \
+                 test on its own: cargo nextest, or --test-threads=1)",
             ),
             Error::InvalidInterval { interval } => write!(
                 f,

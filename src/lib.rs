@@ -115,7 +115,8 @@ pub use stack::CaptureMode;
 #[doc(hidden)]
 pub use testing::__private;
 pub use testing::{
-    measure, parse_size, spawn, try_measure, Limit, Measurement, Scope, ScopeGuard, SiteUsage,
+    measure, measure_future, parse_size, spawn, try_measure, try_measure_future, InScope, Limit,
+    MeasureFuture, Measurement, Scope, ScopeGuard, SiteUsage, TryMeasureFuture,
 };
 pub use timeline::{Timeline, TimelineSample, TimelineSeries};
 pub use tracer::{Tracer, DEFAULT_FRAMES, MAX_FRAMES};

@@ -43,11 +43,15 @@ macro_rules! assert_no_leaks {
 #[macro_export]
 macro_rules! assert_allocations {
     ($max:expr, $expr:expr $(,)?) => {
-        $crate::__private::allocations_at_most($max as u64, || $expr, ::core::option::Option::None)
+        $crate::__private::allocations_at_most(
+            $crate::__private::count_limit($max),
+            || $expr,
+            ::core::option::Option::None,
+        )
     };
     ($max:expr, $expr:expr, $($arg:tt)+) => {
         $crate::__private::allocations_at_most(
-            $max as u64,
+            $crate::__private::count_limit($max),
             || $expr,
             ::core::option::Option::Some(::std::format!($($arg)+)),
         )

@@ -147,6 +147,9 @@ struct Shard {
     sizes: [u64; SIZE_BUCKETS],
     /// Bytes recorded in this shard since the totals were last reset.
     allocated_bytes: u64,
+    /// Blocks recorded outside any measurement scope (for a measurement to tell how much
+    /// other threads allocated meanwhile).
+    unscoped_blocks: u64,
     /// Bytes (weights, when sampling) of the records in `live`: what this shard counts for in
     /// `current`. The child of a `fork` sets `current` to their sum (a thread that does not
     /// exist there may have been between a `realloc`'s removal and its insertion).
@@ -162,6 +165,7 @@ impl Shard {
             sites: HashTable::new_in(MetaAlloc),
             sizes: [0; SIZE_BUCKETS],
             allocated_bytes: 0,
+            unscoped_blocks: 0,
             held: 0,
         }
     }
@@ -473,6 +477,7 @@ pub(crate) fn insert(
     shard.allocated_bytes += weight.bytes;
     shard.held += weight.bytes;
     shard.sizes[size_bucket(size)] += weight.blocks;
+    shard.unscoped_blocks += u64::from(scope == 0);
     if sample::mean() != 0 {
         sample::mark(address);
     }
@@ -496,6 +501,7 @@ pub(crate) fn insert(
         shard.allocated_bytes -= weight.bytes;
         shard.held -= weight.bytes;
         shard.sizes[size_bucket(size)] -= weight.blocks;
+        shard.unscoped_blocks -= u64::from(scope == 0);
         if sample::mean() != 0 {
             sample::unmark(address);
         }
@@ -690,6 +696,7 @@ fn lock(shard: &Padded<SpinLock<Shard>>) -> SpinGuard<'_, Shard> {
 pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
     let mut shards: [SpinGuard<'static, Shard>; SHARDS] =
         std::array::from_fn(|i| lock(&SHARDS_TABLE[i]));
+    counters::note_clear();
     let mut held = 0u64;
     for shard in &mut shards {
         let shard = &mut **shard;
@@ -738,6 +745,15 @@ pub(crate) fn totals() -> (u64, u64) {
     } else {
         (bytes, blocks)
     }
+}
+
+/// Blocks recorded outside any measurement scope since tracing started (never reset: callers
+/// take differences).
+pub(crate) fn unscoped_blocks() -> u64 {
+    SHARDS_TABLE
+        .iter()
+        .map(|shard| lock(shard).unscoped_blocks)
+        .sum()
 }
 
 /// `fork`'s prepare handler: takes every shard lock, so that no thread is inside the table

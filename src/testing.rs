@@ -42,6 +42,53 @@ impl Scope {
     pub fn reset_peak(&self) {
         scope::reset_peak(self.id);
     }
+
+    /// Runs `f` in this scope on the current thread: for work a measured closure hands to
+    /// threads it does not spawn itself, such as a pool's. With rayon:
+    ///
+    /// ```no_run
+    /// # #[global_allocator] static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+    /// # fn work(x: &u32) -> usize { vec![0u8; *x as usize].len() }
+    /// # let items = vec![1u32, 2, 3];
+    /// let (sum, m) = tracealloc::measure(|| {
+    ///     let scope = tracealloc::Scope::current().unwrap();
+    ///     items.iter().map(|x| scope.run(|| work(x))).sum::<usize>() // or par_iter()
+    /// });
+    /// ```
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _guard = self.enter();
+        f()
+    }
+
+    /// `fut`, polled in this scope on whichever thread polls it: for tasks a measured future
+    /// spawns (`tokio::spawn(scope.wrap_future(task))`).
+    pub fn wrap_future<F: std::future::Future>(&self, fut: F) -> InScope<F> {
+        InScope { scope: *self, fut }
+    }
+}
+
+/// A future polled in a measurement scope (see [`Scope::wrap_future`]).
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct InScope<F> {
+    scope: Scope,
+    fut: F,
+}
+
+impl<F: std::future::Future> std::future::Future for InScope<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        // SAFETY: `fut` is never moved out of the pinned struct (structural pinning; `InScope`
+        // has no `Drop` and is `Unpin` only when `F` is).
+        let this = unsafe { self.get_unchecked_mut() };
+        let _guard = this.scope.enter();
+        // SAFETY: as above, `fut` stays where it is.
+        unsafe { std::pin::Pin::new_unchecked(&mut this.fut) }.poll(cx)
+    }
 }
 
 /// Restores the previous scope of the thread when dropped (see [`Scope::enter`]).
@@ -95,9 +142,18 @@ pub struct Measurement {
     retained_sites: Vec<SiteUsage>,
     allocating: Vec<SiteUsage>,
     lost: u64,
+    others_unscoped: u64,
 }
 
 impl Measurement {
+    /// Allocations other threads made outside any measurement scope while this one ran. Not
+    /// counted in the figures above: they may be neighbours (another test, a logger), or work
+    /// this code handed to threads it did not carry its scope to (a pool's workers: use
+    /// [`Scope::run`], [`measure_future`] and [`Scope::wrap_future`], or [`spawn`]).
+    pub fn others_unscoped_allocations(&self) -> u64 {
+        self.others_unscoped
+    }
+
     /// Most bytes of the scope's blocks live at once.
     pub fn peak(&self) -> usize {
         self.peak
@@ -160,8 +216,23 @@ impl fmt::Display for Measurement {
             write!(f, "  live at the peak:")?;
             write_sites(f, &self.at_peak, "block")?;
         }
-        Ok(())
+        write_others(f, self.others_unscoped)
     }
+}
+
+/// The note on other threads' unscoped allocations, when there were any.
+fn write_others(f: &mut fmt::Formatter<'_>, n: u64) -> fmt::Result {
+    if n == 0 {
+        return Ok(());
+    }
+    write!(
+        f,
+        "\n  note: other threads made {n} allocation{} outside any measurement scope meanwhile, \
+         not counted here; if this code hands work to threads it did not spawn (a thread pool, \
+         an async runtime's workers), carry the scope there with Scope::run, \
+         Scope::wrap_future or measure_future",
+        plural(n as usize)
+    )
 }
 
 fn size(bytes: usize) -> String {
@@ -213,6 +284,7 @@ fn callers(traceback: &Traceback) -> impl Iterator<Item = &Frame> {
 ///
 /// # Panics
 /// When the tracer is not the global allocator or is stopped (see [`try_measure`]).
+#[track_caller]
 pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
     match try_measure(f) {
         Ok(result) => result,
@@ -224,39 +296,181 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
 /// (`Error::NotInstalled`, `Error::NotTracing`, or `Error::Sampled`: heap assertions need every
 /// allocation, and a sampling tracer records few).
 pub fn try_measure<R>(f: impl FnOnce() -> R) -> Result<(R, Measurement), Error> {
-    control::ensure_tracing()?;
-    if let Some(mean) = control::sampling() {
-        return Err(Error::Sampled { mean });
+    let open = Open::new(scope::current_id())?;
+    let result = {
+        let _inside = Inside::enter(open.id);
+        f()
+    };
+    Ok((result, open.finish()?))
+}
+
+/// An open measurement scope and what the process looked like when it opened; closed when
+/// dropped (also when the measured code panics).
+struct Open {
+    id: u32,
+    skipped_before: u64,
+    clears_before: u64,
+    unscoped_before: u64,
+}
+
+impl Open {
+    fn new(parent: u32) -> Result<Open, Error> {
+        control::ensure_tracing()?;
+        if let Some(mean) = control::sampling() {
+            return Err(Error::Sampled { mean });
+        }
+        let id = scope::open(parent).ok_or(Error::ScopeUnavailable)?;
+        Ok(Open {
+            id,
+            skipped_before: scope::skipped_updates(),
+            clears_before: crate::counters::clears(),
+            unscoped_before: crate::table::unscoped_blocks(),
+        })
     }
-    let parent = scope::current_id();
-    let id = scope::open(parent).ok_or(Error::ScopeUnavailable)?;
-    /// Leaves and ends the scope even if `f` panics.
-    struct Leave {
-        id: u32,
-        previous: u32,
+
+    /// The figures, or the reason they are wrong.
+    fn finish(self) -> Result<Measurement, Error> {
+        let _guard = Guard::enter();
+        if crate::counters::clears() != self.clears_before {
+            // The table's records of this scope's blocks are gone: their frees will not be
+            // seen, so the figures would be wrong.
+            return Err(Error::MeasurementDisturbed);
+        }
+        let mut figures = scope::figures(self.id).unwrap_or_default();
+        // Updates a signal handler had to skip (any scope's: they cannot be told apart).
+        figures.lost += scope::skipped_updates() - self.skipped_before;
+        let mut m = Measurement::from_figures(figures);
+        m.others_unscoped = crate::table::unscoped_blocks().saturating_sub(self.unscoped_before);
+        Ok(m)
     }
-    impl Drop for Leave {
-        fn drop(&mut self) {
-            scope::set_current(self.previous);
-            scope::close(self.id);
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        scope::close(self.id);
+    }
+}
+
+/// The current thread inside a scope until dropped.
+struct Inside {
+    previous: u32,
+}
+
+impl Inside {
+    fn enter(id: u32) -> Inside {
+        Inside {
+            previous: scope::set_current(id),
         }
     }
-    let leave = Leave {
-        id,
-        previous: scope::set_current(id),
-    };
-    let skipped_before = scope::skipped_updates();
-    let result = f();
-    scope::set_current(leave.previous);
-    let measurement = {
-        let _guard = Guard::enter();
-        let mut figures = scope::figures(id).unwrap_or_default();
-        // Updates a signal handler had to skip (any scope's: they cannot be told apart).
-        figures.lost += scope::skipped_updates() - skipped_before;
-        Measurement::from_figures(figures)
-    };
-    drop(leave);
-    Ok((result, measurement))
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        scope::set_current(self.previous);
+    }
+}
+
+/// Measures `fut` as [`measure`] measures a closure: what it allocates while it is polled, on
+/// whichever thread polls it (a multi-threaded runtime moves tasks between workers), counts;
+/// other tasks on the same workers do not. Tasks it spawns count when they carry its scope
+/// ([`Scope::wrap_future`]):
+///
+/// ```no_run
+/// # #[global_allocator] static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+/// # async fn handle() -> usize { vec![0u8; 100].len() }
+/// # async fn test() {
+/// let (n, m) = tracealloc::measure_future(async { handle().await }).await;
+/// assert!(m.allocated() >= 100);
+/// # }
+/// ```
+///
+/// The scope opens at the first poll, inside the scope current where the future was made.
+/// Polling panics where [`measure`] would ([`try_measure_future`] gives the error instead).
+pub fn measure_future<F: std::future::Future>(fut: F) -> MeasureFuture<F> {
+    MeasureFuture {
+        inner: try_measure_future(fut),
+    }
+}
+
+/// [`measure_future`], answering an error instead of panicking.
+pub fn try_measure_future<F: std::future::Future>(fut: F) -> TryMeasureFuture<F> {
+    TryMeasureFuture {
+        parent: scope::current_id(),
+        open: None,
+        fut,
+    }
+}
+
+/// The future of [`measure_future`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct MeasureFuture<F> {
+    inner: TryMeasureFuture<F>,
+}
+
+impl<F: std::future::Future> std::future::Future for MeasureFuture<F> {
+    type Output = (F::Output, Measurement);
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // SAFETY: structural pinning of `inner`, never moved.
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.inner) };
+        match inner.poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Ok(done)) => std::task::Poll::Ready(done),
+            std::task::Poll::Ready(Err(e)) => panic!("tracealloc::measure_future: {e}"),
+        }
+    }
+}
+
+/// The future of [`try_measure_future`].
+#[must_use = "futures do nothing unless polled"]
+pub struct TryMeasureFuture<F> {
+    parent: u32,
+    open: Option<Open>,
+    fut: F,
+}
+
+impl<F> fmt::Debug for TryMeasureFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryMeasureFuture")
+            .field("scope", &self.open.as_ref().map(|o| o.id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for TryMeasureFuture<F> {
+    type Output = Result<(F::Output, Measurement), Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // SAFETY: `fut` is structurally pinned and never moved; `open` is not pinned (it is
+        // `Unpin` and only replaced, never borrowed across a poll).
+        let this = unsafe { self.get_unchecked_mut() };
+        let id = match &this.open {
+            Some(open) => open.id,
+            None => match Open::new(this.parent) {
+                Ok(open) => this.open.insert(open).id,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            },
+        };
+        let polled = {
+            let _inside = Inside::enter(id);
+            // SAFETY: as above.
+            unsafe { std::pin::Pin::new_unchecked(&mut this.fut) }.poll(cx)
+        };
+        match polled {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(value) => {
+                let open = this.open.take().expect("opened above");
+                std::task::Poll::Ready(open.finish().map(|m| (value, m)))
+            }
+        }
+    }
 }
 
 impl Measurement {
@@ -316,6 +530,7 @@ impl Measurement {
             retained_sites,
             allocating,
             lost: figures.lost,
+            others_unscoped: 0,
         }
     }
 }
@@ -362,6 +577,9 @@ pub fn parse_size(text: &str) -> Result<usize, Error> {
         reason,
     };
     let trimmed = text.trim();
+    if trimmed.starts_with('-') {
+        return Err(invalid("a size cannot be negative".into()));
+    }
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(trimmed.len());
@@ -452,6 +670,7 @@ pub mod __private {
         }
     }
 
+    #[track_caller]
     fn fail(message: Option<String>, report: String) -> ! {
         match message {
             Some(m) => panic!("{m}\n{report}"),
@@ -459,31 +678,57 @@ pub mod __private {
         }
     }
 
+    #[track_caller]
     fn limit_bytes(limit: impl Limit) -> usize {
         limit
             .to_bytes()
             .unwrap_or_else(|e| panic!("tracealloc: {e}"))
     }
 
+    /// `measure`, failing at the caller's line.
+    #[track_caller]
+    fn measured<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
+        match try_measure(f) {
+            Ok(done) => done,
+            Err(e) => panic!("tracealloc: {e}"),
+        }
+    }
+
+    /// An allocation count limit from any integer type, refusing negative ones (a cast would
+    /// make `-1` the largest count and the assertion could never fail).
+    #[track_caller]
+    pub fn count_limit<T>(max: T) -> u64
+    where
+        T: TryInto<u64> + Copy + fmt::Display,
+    {
+        match max.try_into() {
+            Ok(n) => n,
+            Err(_) => panic!("tracealloc: the allocation limit {max} is not a count (0 or more)"),
+        }
+    }
+
+    #[track_caller]
     pub fn peak_below<R>(limit: impl Limit, f: impl FnOnce() -> R, message: Option<String>) -> R {
         let limit = limit_bytes(limit);
-        let (result, m) = measure(f);
+        let (result, m) = measured(f);
         if m.peak >= limit {
             fail(message, PeakReport { m: &m, limit }.to_string());
         }
         result
     }
 
+    #[track_caller]
     pub fn no_leaks<R>(f: impl FnOnce() -> R, message: Option<String>) -> R {
-        let (result, m) = measure(f);
+        let (result, m) = measured(f);
         if m.retained > 0 {
             fail(message, LeakReport(&m).to_string());
         }
         result
     }
 
+    #[track_caller]
     pub fn allocations_at_most<R>(max: u64, f: impl FnOnce() -> R, message: Option<String>) -> R {
-        let (result, m) = measure(f);
+        let (result, m) = measured(f);
         if m.allocations > max {
             fail(message, AllocationReport { m: &m, max }.to_string());
         }
@@ -503,7 +748,8 @@ pub mod __private {
                 size(self.m.peak),
                 size(self.limit)
             )?;
-            write_sites(f, &self.m.at_peak, "block")
+            write_sites(f, &self.m.at_peak, "block")?;
+            write_others(f, self.m.others_unscoped)
         }
     }
 
@@ -525,7 +771,8 @@ pub mod __private {
                     plural(blocks)
                 )?;
             }
-            write_sites(f, &self.0.retained_sites, "block")
+            write_sites(f, &self.0.retained_sites, "block")?;
+            write_others(f, self.0.others_unscoped)
         }
     }
 
@@ -554,7 +801,7 @@ pub mod __private {
                 let head = format!("{} allocation{}", site.blocks, plural(site.blocks));
                 write_site(f, &head, &site.traceback)?;
             }
-            Ok(())
+            write_others(f, self.m.others_unscoped)
         }
     }
 }
@@ -600,5 +847,9 @@ mod tests {
             assert!(matches!(err, Error::InvalidLimit { .. }), "{text}");
             assert!(err.to_string().contains(&format!("{text:?}")), "{err}");
         }
+        assert!(parse_size("-5 MB")
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be negative"));
     }
 }

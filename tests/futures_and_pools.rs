@@ -1,0 +1,239 @@
+//! Measurements that follow the work: futures polled on any worker of tokio's multi-thread
+//! runtime, rayon's pool and scoped threads through `Scope::run`; and the ways a measurement
+//! refuses to be silently wrong (other threads' unscoped allocations reported, assertion panics
+//! at the test's line, negative limits refused; a clear during a measurement: tests/disturbed.rs).
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use tracealloc::{Measurement, Scope};
+
+#[global_allocator]
+static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+
+/// Returns `Pending` once, waking itself: the runtime may then run the task on another worker.
+/// (No allocation, unlike a timer.)
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// `blocks` blocks of `size` bytes, yielding between them; returns the threads it ran on.
+async fn task(blocks: usize, size: usize) -> Vec<std::thread::ThreadId> {
+    let mut threads = Vec::with_capacity(blocks + 1);
+    threads.push(std::thread::current().id());
+    let mut kept = Vec::with_capacity(blocks);
+    for _ in 0..blocks {
+        kept.push(black_box(vec![1u8; size]));
+        YieldOnce(false).await;
+        threads.push(std::thread::current().id());
+    }
+    drop(kept);
+    threads
+}
+
+#[test]
+fn forty_futures_measured_at_once_on_a_multi_thread_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    let mut moved = 0;
+    for round in 0..20 {
+        let results: Vec<(usize, usize, Vec<std::thread::ThreadId>, Measurement)> = runtime
+            .block_on(async {
+                let handles: Vec<_> = (0..40usize)
+                    .map(|i| {
+                        let (blocks, size) = (5 + i % 7, 100 + 8 * i);
+                        tokio::spawn(async move {
+                            let (threads, m) = tracealloc::measure_future(task(blocks, size)).await;
+                            (blocks, size, threads, m)
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for h in handles {
+                    out.push(h.await.unwrap());
+                }
+                out
+            });
+        for (blocks, size, threads, m) in results {
+            // The two `Vec::with_capacity` and the blocks; nothing of the other 39 tasks. The
+            // list of threads is the result: still live.
+            let expected = (blocks * size + (blocks + 1) * 8 + blocks * 24) as u64;
+            assert_eq!(
+                (m.allocated(), m.allocations(), m.retained()),
+                (expected, blocks as u64 + 2, (blocks + 1) * 8),
+                "round {round}: {blocks} blocks of {size} B\n{m}"
+            );
+            assert_eq!(m.peak() as u64, expected);
+            if threads.iter().any(|t| *t != threads[0]) {
+                moved += 1;
+            }
+        }
+    }
+    assert!(
+        moved > 0,
+        "no task moved between workers: the test proves less than it says"
+    );
+}
+
+#[test]
+fn a_spawned_task_counts_when_it_carries_the_scope() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let (carried, bare) = runtime.block_on(async {
+        let carried = tracealloc::measure_future(async {
+            let scope = Scope::current().unwrap();
+            tokio::spawn(scope.wrap_future(async { black_box(vec![0u8; 5000]).len() }))
+                .await
+                .unwrap()
+        })
+        .await
+        .1;
+        let bare = tracealloc::measure_future(async {
+            tokio::spawn(async { black_box(vec![0u8; 5000]).len() })
+                .await
+                .unwrap()
+        })
+        .await
+        .1;
+        (carried, bare)
+    });
+    assert!(
+        carried.allocated() >= 5000,
+        "the wrapped task's 5000 B count:\n{carried}"
+    );
+    assert!(
+        bare.allocated() < 5000,
+        "an unwrapped task runs outside the scope:\n{bare}"
+    );
+    assert!(
+        bare.others_unscoped_allocations() >= 1,
+        "and the measurement says others allocated outside any scope:\n{bare}"
+    );
+    assert!(bare.to_string().contains("Scope::wrap_future"), "{bare}");
+}
+
+/// Allocates a `Vec<u64>` of `n` elements (one block of `8 n` bytes) and returns it.
+#[inline(never)]
+fn work(n: u64) -> (Vec<u64>, u32) {
+    ((0..n).collect(), line!())
+}
+
+/// The retained bytes and blocks of `work`'s line in `m`.
+fn work_site(m: &Measurement) -> (usize, usize) {
+    let line = work(0).1;
+    m.top_retained()
+        .iter()
+        .find(|s| s.traceback.call_site().lineno == line)
+        .map_or((0, 0), |s| (s.size, s.blocks))
+}
+
+#[test]
+fn rayon_and_scoped_threads_count_the_same_as_sequential_code_through_scope_run() {
+    use rayon::prelude::*;
+    let items: Vec<u64> = (1..=64).collect();
+    let expected = (items.iter().sum::<u64>() as usize * 8, items.len());
+    // Warm the pool up: its threads' first allocations are not the test's business.
+    let _ = items.par_iter().map(|&x| x + 1).sum::<u64>();
+
+    let (_, sequential) =
+        tracealloc::measure(|| items.iter().map(|&x| work(x).0).collect::<Vec<_>>());
+    assert_eq!(work_site(&sequential), expected);
+
+    let (_, pooled) = tracealloc::measure(|| {
+        let scope = Scope::current().unwrap();
+        items
+            .par_iter()
+            .map(|&x| scope.run(|| work(x).0))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        work_site(&pooled),
+        expected,
+        "rayon through Scope::run\n{pooled}"
+    );
+
+    let (_, threads) = tracealloc::measure(|| {
+        let scope = Scope::current().unwrap();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = items
+                .chunks(16)
+                .map(|chunk| {
+                    s.spawn(move || {
+                        scope.run(|| chunk.iter().map(|&x| work(x).0).collect::<Vec<_>>())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    assert_eq!(
+        work_site(&threads),
+        expected,
+        "std::thread::scope through Scope::run\n{threads}"
+    );
+
+    // Without it, the pool's allocations are not the measurement's, and it says so.
+    let (_, bare) =
+        tracealloc::measure(|| items.par_iter().map(|&x| work(x).0).collect::<Vec<_>>());
+    assert_eq!(work_site(&bare).1, 0, "{bare}");
+    assert!(
+        bare.others_unscoped_allocations() >= items.len() as u64 / 2,
+        "{bare}"
+    );
+    assert!(bare.to_string().contains("Scope::run"), "{bare}");
+}
+
+static LOCATION: Mutex<Option<(String, u32)>> = Mutex::new(None);
+
+#[test]
+fn assertion_panics_point_at_the_test_and_negative_limits_are_refused() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        if let Some(l) = info.location() {
+            *LOCATION.lock().unwrap() = Some((l.file().to_owned(), l.line()));
+        }
+    }));
+    let (line, failed) = (
+        line!() + 1,
+        std::panic::catch_unwind(|| tracealloc::assert_no_alloc!(black_box(vec![1u8; 10]))),
+    );
+    let at = LOCATION.lock().unwrap().take();
+    let negative = std::panic::catch_unwind(|| {
+        tracealloc::assert_allocations!(-1i32, black_box(vec![1u8; 10]))
+    });
+    std::panic::set_hook(previous);
+    assert!(failed.is_err());
+    assert_eq!(
+        at,
+        Some(("tests/futures_and_pools.rs".to_owned(), line)),
+        "the panic points at the assertion"
+    );
+    let message = negative.unwrap_err();
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("the allocation limit -1 is not a count"),
+        "{message}"
+    );
+}
