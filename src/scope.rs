@@ -199,8 +199,18 @@ fn walk(id: u32, mut f: impl FnMut(&mut ScopeData)) {
     }
 }
 
+/// Blocks allocated in any scope, ever: the rest of the table's allocation total was made
+/// outside every scope (see `Measurement::others_unscoped_allocations`). Counted here, on the
+/// scoped path, so that allocations outside any scope pay nothing for it.
+static SCOPED_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn scoped_allocations() -> u64 {
+    SCOPED_ALLOCATIONS.load(Ordering::Relaxed)
+}
+
 /// A block of `size` bytes was allocated in scope `id`.
 pub(crate) fn allocated(id: u32, stack: StackId, size: usize) {
+    SCOPED_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     walk(id, |d| d.add(stack, size, true));
 }
 

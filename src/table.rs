@@ -147,9 +147,6 @@ struct Shard {
     sizes: [u64; SIZE_BUCKETS],
     /// Bytes recorded in this shard since the totals were last reset.
     allocated_bytes: u64,
-    /// Blocks recorded outside any measurement scope (for a measurement to tell how much
-    /// other threads allocated meanwhile).
-    unscoped_blocks: u64,
     /// Bytes (weights, when sampling) of the records in `live`: what this shard counts for in
     /// `current`. The child of a `fork` sets `current` to their sum (a thread that does not
     /// exist there may have been between a `realloc`'s removal and its insertion).
@@ -165,7 +162,6 @@ impl Shard {
             sites: HashTable::new_in(MetaAlloc),
             sizes: [0; SIZE_BUCKETS],
             allocated_bytes: 0,
-            unscoped_blocks: 0,
             held: 0,
         }
     }
@@ -477,7 +473,6 @@ pub(crate) fn insert(
     shard.allocated_bytes += weight.bytes;
     shard.held += weight.bytes;
     shard.sizes[size_bucket(size)] += weight.blocks;
-    shard.unscoped_blocks += u64::from(scope == 0);
     if sample::mean() != 0 {
         sample::mark(address);
     }
@@ -501,7 +496,6 @@ pub(crate) fn insert(
         shard.allocated_bytes -= weight.bytes;
         shard.held -= weight.bytes;
         shard.sizes[size_bucket(size)] -= weight.blocks;
-        shard.unscoped_blocks -= u64::from(scope == 0);
         if sample::mean() != 0 {
             sample::unmark(address);
         }
@@ -745,15 +739,6 @@ pub(crate) fn totals() -> (u64, u64) {
     } else {
         (bytes, blocks)
     }
-}
-
-/// Blocks recorded outside any measurement scope since tracing started (never reset: callers
-/// take differences).
-pub(crate) fn unscoped_blocks() -> u64 {
-    SHARDS_TABLE
-        .iter()
-        .map(|shard| lock(shard).unscoped_blocks)
-        .sum()
 }
 
 /// `fork`'s prepare handler: takes every shard lock, so that no thread is inside the table

@@ -324,7 +324,7 @@ impl Open {
             id,
             skipped_before: scope::skipped_updates(),
             clears_before: crate::counters::clears(),
-            unscoped_before: crate::table::unscoped_blocks(),
+            unscoped_before: unscoped_allocations(),
         })
     }
 
@@ -340,9 +340,16 @@ impl Open {
         // Updates a signal handler had to skip (any scope's: they cannot be told apart).
         figures.lost += scope::skipped_updates() - self.skipped_before;
         let mut m = Measurement::from_figures(figures);
-        m.others_unscoped = crate::table::unscoped_blocks().saturating_sub(self.unscoped_before);
+        m.others_unscoped = unscoped_allocations().saturating_sub(self.unscoped_before);
         Ok(m)
     }
+}
+
+/// Blocks recorded outside every scope since the totals were last reset.
+fn unscoped_allocations() -> u64 {
+    crate::table::totals()
+        .1
+        .saturating_sub(scope::scoped_allocations())
 }
 
 impl Drop for Open {
