@@ -261,7 +261,10 @@ fn panic_message(f: impl FnOnce()) -> String {
     // note about other threads; it must name the fix, and the rest is compared verbatim.
     let message = match message.split_once("\n  note: other threads made ") {
         Some((head, note)) => {
-            assert!(note.contains("carry the scope there with Scope::run"), "{note}");
+            assert!(
+                note.contains("carry the scope there with Scope::run"),
+                "{note}"
+            );
             head.to_owned()
         }
         None => message,
