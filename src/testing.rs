@@ -687,9 +687,11 @@ pub mod __private {
 
     #[track_caller]
     fn limit_bytes(limit: impl Limit) -> usize {
-        limit
-            .to_bytes()
-            .unwrap_or_else(|e| panic!("tracealloc: {e}"))
+        // A `match`, not `unwrap_or_else`: a closure would lose the caller's location.
+        match limit.to_bytes() {
+            Ok(bytes) => bytes,
+            Err(e) => panic!("tracealloc: {e}"),
+        }
     }
 
     /// `measure`, failing at the caller's line.

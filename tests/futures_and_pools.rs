@@ -217,10 +217,27 @@ fn assertion_panics_point_at_the_test_and_negative_limits_are_refused() {
         std::panic::catch_unwind(|| tracealloc::assert_no_alloc!(black_box(vec![1u8; 10]))),
     );
     let at = LOCATION.lock().unwrap().take();
-    let negative = std::panic::catch_unwind(|| {
-        tracealloc::assert_allocations!(-1i32, black_box(vec![1u8; 10]))
-    });
+    let (negative_line, negative) = (
+        line!() + 1,
+        std::panic::catch_unwind(|| tracealloc::assert_allocations!(-1i32, black_box(1))),
+    );
+    let at_negative = LOCATION.lock().unwrap().take();
+    let (bad_line, bad) = (
+        line!() + 1,
+        std::panic::catch_unwind(|| tracealloc::assert_peak_below!("-5 MB", black_box(1))),
+    );
+    let at_bad = LOCATION.lock().unwrap().take();
     std::panic::set_hook(previous);
+    let here = |line| Some(("tests/futures_and_pools.rs".to_owned(), line));
+    assert_eq!(
+        at_negative,
+        here(negative_line),
+        "a negative count fails at the test"
+    );
+    assert_eq!(at_bad, here(bad_line), "a bad size limit fails at the test");
+    let bad = bad.unwrap_err();
+    let bad = bad.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(bad.contains("a size cannot be negative"), "{bad}");
     assert!(failed.is_err());
     assert_eq!(
         at,
