@@ -131,6 +131,25 @@ pub fn reset_peak() {
     table::with_all_locked(counters::reset_peak);
 }
 
+/// Keeps the per-stack breakdown of the peak (what each stack holds, and held at the peak)
+/// or stops keeping it, at run time; [`Tracer::peak_breakdown`](crate::Tracer::peak_breakdown)
+/// and `TRACEALLOC_PEAK` set it at start-up. Off, each allocation skips a probe of a small
+/// table, and [`peak_snapshot`] fails with [`Error::PeakNotKept`]. Turning it on while tracing
+/// counts what each stack holds from the live traces and starts a new peak from what is live
+/// now, as [`reset_peak`] does: what was live at the earlier peak was not kept. While sampling
+/// the setting is remembered and applies when exact tracing resumes.
+pub fn set_peak_breakdown(keep: bool) -> Result<(), Error> {
+    ensure_installed()?;
+    table::set_detail(keep);
+    Ok(())
+}
+
+/// Whether the per-stack breakdown of the peak is kept now (wanted, and tracing every
+/// allocation).
+pub fn peak_breakdown() -> bool {
+    table::peak_breakdown()
+}
+
 /// Frames kept per traceback, counted from the call site outward.
 pub fn traceback_limit() -> usize {
     tracer::limit()
@@ -188,6 +207,7 @@ pub(crate) fn process_figures() -> snapshot::ProcessFigures {
     snapshot::ProcessFigures {
         resident: crate::process_memory(),
         tracer_tables: Some(tracer_memory()),
+        traced_peak: Some((counters::peak() as u64, counters::peak_since_start())),
     }
 }
 
@@ -201,10 +221,11 @@ pub(crate) fn process_figures() -> snapshot::ProcessFigures {
 /// in flight at that moment may fall on either side (the counter and the per-stack figures are
 /// updated in two steps), and a `realloc` in progress on another thread may be missing its old
 /// block. Fails with [`Error::NotTracing`] when not tracing and [`Error::PeakNotKept`] while
-/// sampling (the per-stack peak figures are kept for exact tracing only).
+/// sampling (the per-stack peak figures are kept for exact tracing only) or when the
+/// breakdown is switched off (see [`set_peak_breakdown`]).
 pub fn peak_snapshot() -> Result<Snapshot, Error> {
     ensure_tracing()?;
-    if sample::mean() != 0 {
+    if !table::peak_breakdown() {
         return Err(Error::PeakNotKept);
     }
     let _guard = Guard::enter();

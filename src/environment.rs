@@ -6,6 +6,8 @@
 //!   calls and by temporary allocations, what is still live, by crate, allocation sizes, the
 //!   process's resident memory.
 //! - `TRACEALLOC_DUMP=path`: at exit, write a snapshot to `path` (see `Snapshot::load`).
+//! - `TRACEALLOC_PEAK=0` or `1`: keep the per-stack breakdown of the peak or not (overrides
+//!   `Tracer::peak_breakdown`).
 //! - `TRACEALLOC_ATTRIBUTION=innermost`: attribute traces to their innermost frame outside the
 //!   allocator and std, dependencies included, instead of the program's own line (`own`, the
 //!   default); see `Attribution`.
@@ -43,6 +45,18 @@ fn var(name: &CStr) -> Option<&'static [u8]> {
     unsafe {
         let value = libc::getenv(name.as_ptr());
         (!value.is_null()).then(|| CStr::from_ptr(value).to_bytes())
+    }
+}
+
+/// `TRACEALLOC_PEAK`, when set to a value it understands (a bad value: a warning, `None`).
+pub(crate) fn peak_switch() -> Option<bool> {
+    match var(c"TRACEALLOC_PEAK")? {
+        b"1" | b"on" | b"true" | b"yes" => Some(true),
+        b"0" | b"off" | b"false" | b"no" => Some(false),
+        _ => {
+            say("tracealloc: ignoring TRACEALLOC_PEAK: expected 0 or 1\n");
+            None
+        }
     }
 }
 

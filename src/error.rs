@@ -123,8 +123,10 @@ impl fmt::Display for Error {
             ),
             Error::PeakNotKept => f.write_str(
                 "what was live at the peak is not known here: it is kept while tracing every \
-                 allocation, not while sampling (call tracealloc::set_sampling(None) first), \
-                 and files written before format version 3 do not carry it",
+                 allocation with the peak breakdown on (the default; TRACEALLOC_PEAK=1, \
+                 tracealloc::set_peak_breakdown(true)), not while sampling \
+                 (tracealloc::set_sampling(None)), and files written before format version 3 \
+                 do not carry it",
             ),
             Error::TemporariesUnknown => f.write_str(
                 "this snapshot does not know its temporary allocations (it was read from a \

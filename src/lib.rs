@@ -99,9 +99,10 @@ mod tracer;
 mod macros;
 
 pub use control::{
-    capture_mode, clear_traces, is_tracing, object_traceback, peak_snapshot, reset_peak, sampling,
-    set_sampling, set_sampling_seed, start, stop, summary, take_snapshot, traceback_limit,
-    traced_memory, tracer_allocations, tracer_memory, TracedMemory,
+    capture_mode, clear_traces, is_tracing, object_traceback, peak_breakdown, peak_snapshot,
+    reset_peak, sampling, set_peak_breakdown, set_sampling, set_sampling_seed, start, stop,
+    summary, take_snapshot, traceback_limit, traced_memory, tracer_allocations, tracer_memory,
+    TracedMemory,
 };
 pub use environment::{process_memory, ProcessMemory};
 pub use error::Error;

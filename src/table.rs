@@ -35,6 +35,7 @@ use crate::meta::{MetaAlloc, Padded};
 use crate::sample;
 use crate::stack::StackId;
 use hashbrown::HashTable;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
@@ -49,9 +50,11 @@ pub(crate) struct Entry {
     pub(crate) scope: u32,
 }
 
-/// What one stack did in one shard: allocated since the totals were reset, holds now, held at
-/// the peak, freed as temporaries. Kept under the shard lock the operation holds anyway: one
-/// probe of a small table per allocation and per free, and no atomic.
+/// What one stack did in one shard: released since the totals were reset, held now, held at
+/// the peak, freed as temporaries. Kept under the shard lock the operation holds anyway, and no
+/// atomic. What is released (and which of it temporaries) is updated on each free: one probe of
+/// a small table. What the site holds, and held at the peak, is kept only while the peak
+/// breakdown is (see [`set_detail`]): a probe on each allocation too.
 ///
 /// The peak figures are lazy (memray's high-water-mark bookkeeping): `epoch` is the peak word
 /// (`counters::epoch`) when the site last changed. If the word has changed since, a new peak
@@ -60,8 +63,8 @@ pub(crate) struct Entry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Site {
     stack: StackId,
-    allocated_bytes: u64,
-    allocated_blocks: u64,
+    released_bytes: u64,
+    released_blocks: u64,
     live_bytes: u64,
     live_blocks: u64,
     peak_bytes: u64,
@@ -95,7 +98,8 @@ impl Site {
 }
 
 /// What one stack did in one shard, as snapshots read it (see [`copy_sites_into`]). Blocks
-/// are in 1/`BLOCK_UNIT`ths while sampling.
+/// are in 1/`BLOCK_UNIT`ths while sampling. The peak figures are 0 unless the breakdown is
+/// kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SiteFigures {
     pub(crate) stack: StackId,
@@ -273,23 +277,26 @@ impl Shard {
     }
 
     /// Finds the site of `stack`, then runs `counter` (the operation's change of `current`),
-    /// then brings the site's peak figures to the peak word as it is after that change and
-    /// applies `change` (with `counter`'s answer). The order matters for the peak figures (see
-    /// the module's notes); the site is looked up first so that its loads are not held up
-    /// behind the counter's locked instruction. A new site that the table has no room for is
-    /// counted in `counters::lost_release` (the totals become unknown) and `change` is not
-    /// applied.
+    /// then, with `peak` (the breakdown is kept), brings the site's peak figures to the peak
+    /// word as it is after that change, and applies `change` (with `counter`'s answer). The
+    /// order matters for the peak figures (see the module's notes); the site is looked up first
+    /// so that its loads are not held up behind the counter's locked instruction. A new site
+    /// that the table has no room for is counted in `counters::lost_release` (the totals become
+    /// unknown) and `change` is not applied.
     #[inline(always)]
     fn with_site<R>(
         &mut self,
         stack: StackId,
+        peak: bool,
         counter: impl FnOnce() -> R,
         change: impl FnOnce(&mut Site, R),
     ) {
         let h = stack_hash(stack);
         if let Some(site) = self.sites.find_mut(h, |r| r.stack == stack) {
             let r = counter();
-            site.sync(counters::epoch());
+            if peak {
+                site.sync(counters::epoch());
+            }
             change(site, r);
             return;
         }
@@ -306,8 +313,8 @@ impl Shard {
         }
         let mut site = Site {
             stack,
-            allocated_bytes: 0,
-            allocated_blocks: 0,
+            released_bytes: 0,
+            released_blocks: 0,
             live_bytes: 0,
             live_blocks: 0,
             peak_bytes: 0,
@@ -322,46 +329,56 @@ impl Shard {
     }
 
     /// One block of `stack` enters the table, in place of `credit` bytes of a reallocated
-    /// block (see [`counters::replaced`]): `current` changes, then the site.
+    /// block (see [`counters::replaced`]): `current` changes, then (when the peak breakdown is
+    /// kept) the site.
     #[inline(always)]
     fn add_block(&mut self, stack: StackId, weight: sample::Weight, credit: usize) {
-        self.with_site(
-            stack,
-            || counters::replaced(credit, weight.bytes as usize),
-            |site, raised| {
-                site.allocated_bytes += weight.bytes;
-                site.allocated_blocks += weight.blocks;
-                site.live_bytes += weight.bytes;
-                site.live_blocks += weight.blocks;
-                if raised {
-                    // This block made a new peak, which holds it.
-                    site.peak_bytes = site.live_bytes;
-                    site.peak_blocks = site.live_blocks;
-                }
-            },
-        );
+        if !peak_kept() {
+            let _ = counters::replaced(credit, weight.bytes as usize);
+        } else {
+            self.with_site(
+                stack,
+                true,
+                || counters::replaced(credit, weight.bytes as usize),
+                |site, raised| {
+                    site.live_bytes += weight.bytes;
+                    site.live_blocks += weight.blocks;
+                    if raised {
+                        // This block made a new peak, which holds it.
+                        site.peak_bytes = site.live_bytes;
+                        site.peak_blocks = site.live_blocks;
+                    }
+                },
+            );
+        }
         if credit > weight.bytes as usize {
             counters::decreased();
         }
     }
 
-    /// One block of `stack` leaves the table (freed, reallocated, replaced); with `count`, its
-    /// bytes leave `current` first.
+    /// One block of `stack` leaves the table (freed, reallocated, replaced, cleared); with
+    /// `count`, its bytes leave `current` first.
     #[inline(always)]
     fn release(&mut self, stack: StackId, weight: sample::Weight, temporary: bool, count: bool) {
+        let peak = peak_kept();
         self.with_site(
             stack,
+            peak,
             || {
                 if count {
                     counters::subtract(weight.bytes as usize);
                 }
             },
             |site, ()| {
-                site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
-                site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
+                site.released_bytes += weight.bytes;
+                site.released_blocks += weight.blocks;
                 if temporary {
                     site.temporary_blocks += weight.blocks;
                     site.temporary_bytes += weight.bytes;
+                }
+                if peak {
+                    site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
+                    site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
                 }
             },
         );
@@ -369,6 +386,76 @@ impl Shard {
             counters::decreased();
         }
     }
+}
+
+/// Whether the per-stack peak breakdown is kept unless the program or the environment says.
+pub(crate) const PEAK_BREAKDOWN_DEFAULT: bool = true;
+/// Whether the per-stack peak breakdown is wanted (see [`set_detail`]); set at the first
+/// allocation from the `Tracer` and the environment.
+static PEAK_WANTED: AtomicBool = AtomicBool::new(PEAK_BREAKDOWN_DEFAULT);
+/// Whether it is kept now: wanted, and tracing every allocation. Changed only with every shard
+/// lock held (or before anything is recorded), so an operation sees one value from its lock to
+/// its unlock.
+static PEAK_KEPT: AtomicBool = AtomicBool::new(PEAK_BREAKDOWN_DEFAULT);
+
+/// The setting at the first allocation, before any record exists.
+pub(crate) fn init_detail(peak: bool) {
+    PEAK_WANTED.store(peak, Relaxed);
+    PEAK_KEPT.store(peak && sample::mean() == 0, Relaxed);
+}
+
+#[inline(always)]
+fn peak_kept() -> bool {
+    PEAK_KEPT.load(Relaxed)
+}
+
+/// Whether the tables keep what each stack holds, and held at the peak: the answer of
+/// `peak_snapshot`.
+pub(crate) fn peak_breakdown() -> bool {
+    peak_kept()
+}
+
+pub(crate) fn peak_breakdown_wanted() -> bool {
+    PEAK_WANTED.load(Relaxed)
+}
+
+/// Keeps the per-stack peak breakdown or stops keeping it. Turning it on with tracing running
+/// counts what each stack holds from the table and starts a new peak from what is live now
+/// (what was live at the earlier peak was not kept). Returns whether it is kept now (never
+/// while sampling).
+pub(crate) fn set_detail(peak: bool) -> bool {
+    PEAK_WANTED.store(peak, Relaxed);
+    let mut shards: [SpinGuard<'static, Shard>; SHARDS] =
+        std::array::from_fn(|i| lock(&SHARDS_TABLE[i]));
+    let kept = peak && sample::mean() == 0;
+    if kept && !peak_kept() {
+        for shard in &mut shards {
+            let shard = &mut **shard;
+            for site in shard.sites.iter_mut() {
+                site.live_bytes = 0;
+                site.live_blocks = 0;
+            }
+            let live = std::mem::replace(&mut shard.live, HashTable::new_in(MetaAlloc));
+            for slot in live.iter() {
+                let entry = shard.unpack(slot, address_hash(slot.address));
+                let weight = sample::weight(entry.size);
+                shard.with_site(
+                    entry.stack,
+                    false,
+                    || (),
+                    |site, ()| {
+                        site.live_bytes += weight.bytes;
+                        site.live_blocks += weight.blocks;
+                    },
+                );
+            }
+            shard.live = live;
+        }
+        counters::reset_peak();
+    }
+    PEAK_KEPT.store(kept, Relaxed);
+    drop(shards);
+    kept
 }
 
 #[inline]
@@ -524,12 +611,19 @@ pub(crate) fn restore(entry: Entry) -> bool {
     shard.live.insert_unique(h, slot, rehash);
     let weight = sample::weight(entry.size);
     shard.held += weight.bytes;
+    // Undoes the removal's release.
+    let peak = peak_kept();
     shard.with_site(
         entry.stack,
+        peak,
         || (),
         |site, ()| {
-            site.live_bytes += weight.bytes;
-            site.live_blocks += weight.blocks;
+            site.released_bytes = site.released_bytes.saturating_sub(weight.bytes);
+            site.released_blocks = site.released_blocks.saturating_sub(weight.blocks);
+            if peak {
+                site.live_bytes += weight.bytes;
+                site.live_blocks += weight.blocks;
+            }
         },
     );
     if sample::mean() != 0 {
@@ -607,8 +701,8 @@ pub(crate) fn copy_into(out: &mut Vec<Entry>) {
 /// up by stack) and returns the size histogram, all as of one moment: every shard lock is held
 /// for the copy, so the peak figures of all shards belong to the same peak (a peak reached
 /// between two shards' copies would mix two). `out` grows only while no lock is held.
-/// Also returns the traced peak the figures belong to.
-pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> ([u64; SIZE_BUCKETS], u64) {
+/// Also returns the traced peak the figures belong to, when the breakdown is kept.
+pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> SitesCopy {
     loop {
         let n: usize = SHARDS_TABLE.iter().map(|s| lock(s).sites.len()).sum();
         out.reserve(n + n / 8 + 64);
@@ -619,17 +713,18 @@ pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> ([u64; SIZE_BUCKETS
             continue;
         }
         let epoch = counters::epoch();
+        let peak = peak_kept();
         let mut sizes = [0u64; SIZE_BUCKETS];
         for shard in &shards {
             for (total, n) in sizes.iter_mut().zip(shard.sizes.iter()) {
                 *total += n;
             }
             out.extend(shard.sites.iter().map(|site| {
-                let (peak_bytes, peak_blocks) = site.at_peak(epoch);
+                let (peak_bytes, peak_blocks) = if peak { site.at_peak(epoch) } else { (0, 0) };
                 SiteFigures {
                     stack: site.stack,
-                    released_bytes: site.allocated_bytes.saturating_sub(site.live_bytes),
-                    released_blocks: site.allocated_blocks.saturating_sub(site.live_blocks),
+                    released_bytes: site.released_bytes,
+                    released_blocks: site.released_blocks,
                     peak_bytes,
                     peak_blocks,
                     temporary_bytes: site.temporary_bytes,
@@ -637,8 +732,18 @@ pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> ([u64; SIZE_BUCKETS
                 }
             }));
         }
-        return (sizes, counters::peak_of(epoch));
+        return SitesCopy {
+            sizes,
+            peak: peak.then_some(counters::peak_of(epoch)),
+        };
     }
+}
+
+/// What [`copy_sites_into`] read besides the sites.
+pub(crate) struct SitesCopy {
+    pub(crate) sizes: [u64; SIZE_BUCKETS],
+    /// The traced peak the sites' peak figures belong to; `None` when they are not kept.
+    pub(crate) peak: Option<u64>,
 }
 
 /// Runs `f` with every shard lock held: no table operation runs meanwhile (a reset of the
@@ -701,11 +806,27 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
             shard.sizes = [0; SIZE_BUCKETS];
         } else {
             // The cleared blocks count as released; the caller resets the peak (in `then`).
-            let epoch = counters::epoch();
-            for site in shard.sites.iter_mut() {
-                site.sync(epoch);
-                site.live_bytes = 0;
-                site.live_blocks = 0;
+            let peak = peak_kept();
+            for slot in live.iter() {
+                let entry = shard.unpack(slot, address_hash(slot.address));
+                let weight = sample::weight(entry.size);
+                shard.with_site(
+                    entry.stack,
+                    false,
+                    || (),
+                    |site, ()| {
+                        site.released_bytes += weight.bytes;
+                        site.released_blocks += weight.blocks;
+                    },
+                );
+            }
+            if peak {
+                let epoch = counters::epoch();
+                for site in shard.sites.iter_mut() {
+                    site.sync(epoch);
+                    site.live_bytes = 0;
+                    site.live_blocks = 0;
+                }
             }
         }
         held += shard.held;
@@ -718,6 +839,9 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
     counters::removed(held as usize);
     sample::clear_marks();
     then();
+    // The sampling mean may have changed: the breakdown is kept for exact tracing only. The
+    // sites hold nothing now, so either way their figures are right.
+    PEAK_KEPT.store(peak_breakdown_wanted() && sample::mean() == 0, Relaxed);
     drop(shards);
 }
 
@@ -815,7 +939,7 @@ mod tests {
         assert_eq!(counters::current() - base, held);
         // Allocation totals per stack: live + released adds up to what was allocated.
         let mut released = Vec::new();
-        let _ = copy_sites_into(&mut released);
+        copy_sites_into(&mut released);
         let released: u64 = released.iter().map(|r| r.released_bytes).sum();
         assert_eq!(released + held as u64, totals().0);
         let mut copy = Vec::new();

@@ -64,6 +64,7 @@ pub struct Tracer<A = System> {
     frames: usize,
     start_stopped: bool,
     sample_mean: usize,
+    peak_breakdown: bool,
 }
 
 impl Tracer<System> {
@@ -87,6 +88,7 @@ impl<A> Tracer<A> {
             frames: DEFAULT_FRAMES,
             start_stopped: false,
             sample_mean: 0,
+            peak_breakdown: crate::table::PEAK_BREAKDOWN_DEFAULT,
         }
     }
 
@@ -111,6 +113,18 @@ impl<A> Tracer<A> {
     /// [`set_sampling`](crate::set_sampling) changes it at run time.
     pub const fn sampled(mut self, mean_bytes: usize) -> Self {
         self.sample_mean = mean_bytes;
+        self
+    }
+
+    /// Whether to keep, per stack, what is live and what was live at the peak: the breakdown
+    /// behind [`peak_snapshot`](crate::peak_snapshot), [`Snapshot::at_peak`](crate::Snapshot::at_peak)
+    /// and the exit report's peak section. It costs a probe of a small table on each
+    /// allocation (benches/README.md has the figures). On by default;
+    /// `TRACEALLOC_PEAK=0` or `1` overrides this, and
+    /// [`set_peak_breakdown`](crate::set_peak_breakdown) changes it at run time. It is kept
+    /// while tracing every allocation, not while sampling.
+    pub const fn peak_breakdown(mut self, keep: bool) -> Self {
+        self.peak_breakdown = keep;
         self
     }
 
@@ -203,6 +217,8 @@ impl<A> Tracer<A> {
         if self.sample_mean != 0 && crate::sample::mean() == 0 {
             crate::sample::set_mean(self.sample_mean.min(crate::sample::MAX_SAMPLE_MEAN));
         }
+        // Before anything is recorded: the tables need no recount.
+        crate::table::init_detail(crate::environment::peak_switch().unwrap_or(self.peak_breakdown));
         let wanted = if self.start_stopped { OFF } else { on_value() };
         match STATUS.compare_exchange(UNINIT, wanted, Relaxed, Relaxed) {
             Ok(_) => {

@@ -46,7 +46,8 @@ fn run_child(how: &str, envs: &[(&str, &str)]) -> (String, String) {
         .env("EXIT_REPORT_CHILD", how)
         .env_remove("TRACEALLOC_REPORT")
         .env_remove("TRACEALLOC_DUMP")
-        .env_remove("TRACEALLOC_FRAMES");
+        .env_remove("TRACEALLOC_FRAMES")
+        .env_remove("TRACEALLOC_PEAK");
     for (k, v) in envs {
         command.env(k, v);
     }
@@ -127,6 +128,39 @@ fn the_report_names_the_peak_of_a_program_that_frees_everything() {
     assert!(temporaries.contains("count=300,"), "{stderr}");
     assert!(stderr.contains("tracealloc: allocation sizes"), "{stderr}");
     assert!(stderr.contains("32.0 MiB - 64.0 MiB"), "{stderr}");
+}
+
+#[test]
+fn the_report_says_when_the_peak_breakdown_is_switched_off() {
+    let (stdout, stderr) = run_child(
+        "free",
+        &[("TRACEALLOC_REPORT", "5"), ("TRACEALLOC_PEAK", "0")],
+    );
+    let at = stdout.find("peak at line ").expect("the child ran");
+    let peak_line = stdout[at..].split_whitespace().nth(3).unwrap();
+    // The traced peak is still known; its breakdown is not, and the report says how to get it.
+    let head = stderr
+        .lines()
+        .find(|l| l.starts_with("tracealloc: peak "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(head.starts_with("tracealloc: peak 38."), "{stderr}");
+    assert!(!stderr.contains("lines at the peak"), "{stderr}");
+    assert!(
+        stderr.contains("no breakdown of the peak: it was switched off (TRACEALLOC_PEAK=1"),
+        "{stderr}"
+    );
+    // Allocation totals and temporaries are kept either way.
+    let allocated = stderr
+        .split("lines by bytes allocated")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        allocated.contains(&format!(
+            "tests/exit_report.rs:{peak_line}: size=38.1 MiB, count=1"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("count=300,"), "{stderr}");
 }
 
 #[test]

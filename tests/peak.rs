@@ -236,4 +236,73 @@ fn the_peak_temporaries_and_sizes_are_exact() {
     let b = buckets.iter().find(|b| b.min == 2048).unwrap();
     assert_eq!(b.max, 4095);
     drop(held);
+
+    // The switch: off, no breakdown, and the totals and temporaries stay exact.
+    tracealloc::set_peak_breakdown(false).unwrap();
+    assert!(!tracealloc::peak_breakdown());
+    assert!(matches!(
+        tracealloc::peak_snapshot(),
+        Err(tracealloc::Error::PeakNotKept)
+    ));
+    let before = tracealloc::take_snapshot().unwrap();
+    assert!(before.at_peak().is_none());
+    let temporary_line = temporaries(700);
+    let (buffer, big_line) = big_buffer();
+    drop(buffer);
+    let after = tracealloc::take_snapshot().unwrap();
+    let count = |s: &Snapshot, line: u32| {
+        at_line(&s.temporary_statistics(GroupBy::Line).unwrap(), line).map_or(0, |s| s.count)
+    };
+    assert_eq!(
+        count(&after, temporary_line) - count(&before, temporary_line),
+        700
+    );
+    let allocated = |s: &Snapshot, line: u32| {
+        at_line(&s.allocation_statistics(GroupBy::Line).unwrap(), line)
+            .map_or((0, 0), |s| (s.size, s.count))
+    };
+    let (b0, n0) = allocated(&before, big_line);
+    let (b1, n1) = allocated(&after, big_line);
+    assert_eq!(
+        (b1 - b0, n1 - n0),
+        (48 * MIB, 1),
+        "allocation totals while off"
+    );
+    // On again: a new peak from what is live now, counted from the live traces.
+    let kept: Vec<Box<[u8; 64]>> = (0..50).map(|_| small_thing()).collect();
+    let small_line = tracealloc::take_snapshot()
+        .unwrap()
+        .statistics(GroupBy::Line)
+        .iter()
+        .find(|st| (st.count, st.size) == (50, 50 * 64))
+        .expect("the small things are live")
+        .traceback
+        .call_site()
+        .lineno;
+    let restarted = quietly(|| {
+        tracealloc::set_peak_breakdown(true).unwrap();
+        let p = tracealloc::peak_snapshot().unwrap();
+        let current = tracealloc::traced_memory().current;
+        if p.total_size() != current {
+            return Err(format!(
+                "after switching on, the peak snapshot holds {} B, {current} B are live",
+                p.total_size()
+            ));
+        }
+        Ok(p)
+    });
+    assert!(tracealloc::peak_breakdown());
+    assert_eq!(
+        at_line(&restarted.statistics(GroupBy::Line), small_line).map(|s| s.count),
+        Some(50),
+        "what was live when the breakdown came back"
+    );
+    let (buffer, line) = big_buffer();
+    drop(buffer);
+    drop(kept);
+    let p = tracealloc::peak_snapshot().unwrap();
+    assert_eq!(
+        at_line(&p.statistics(GroupBy::Line), line).map(|s| s.size),
+        Some(48 * MIB)
+    );
 }

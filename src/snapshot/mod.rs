@@ -113,6 +113,8 @@ pub struct Snapshot {
     released: Option<Vec<Released>>,
     /// Whether `released` counts temporary allocations (files before version 3 do not).
     temporaries_known: bool,
+    /// The peak's breakdown was switched off when the snapshot was taken (not kept in files).
+    peak_switched_off: bool,
     /// What was live at the traced peak; `None` when unknown.
     peak: Option<Peak>,
     /// Blocks requested per power-of-two size bucket; `None` when unknown.
@@ -173,6 +175,7 @@ impl Snapshot {
             traces,
             released: Some(Vec::new()),
             temporaries_known: true,
+            peak_switched_off: false,
             peak: None,
             sizes: None,
             duration: None,
@@ -229,6 +232,7 @@ impl Snapshot {
             traces,
             released,
             temporaries_known: self.temporaries_known,
+            peak_switched_off: self.peak_switched_off,
             peak,
             sizes: self.sizes.clone(),
             duration: self.duration,
@@ -300,6 +304,7 @@ impl Snapshot {
             traces,
             released: None,
             temporaries_known: false,
+            peak_switched_off: false,
             // It is its own peak: `peak_size` and `peak_time` answer, `at_peak` is itself.
             peak: Some(peak.clone()),
             sizes: None,
@@ -482,7 +487,10 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
         table::copy_into(&mut entries);
     }
     let mut sites = Vec::new();
-    let (sizes, peak_bytes) = table::copy_sites_into(&mut sites);
+    let table::SitesCopy {
+        sizes,
+        peak: peak_bytes,
+    } = table::copy_sites_into(&mut sites);
     let peak_at = crate::counters::peak_since_start();
     let mut by_stack: HashMap<StackId, Sums> = HashMap::new();
     for r in &sites {
@@ -587,16 +595,19 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
     // A figure lost for want of memory makes them all unknown, never silently low; the peak
     // breakdown is kept for exact tracing only (see `Snapshot::at_peak`).
     let complete = crate::counters::lost_releases() == 0;
-    let peak = (complete && sample_mean == 0).then_some(Peak {
-        bytes: peak_bytes,
-        at: peak_at,
-        groups,
-    });
+    let peak = peak_bytes
+        .filter(|_| complete && sample_mean == 0)
+        .map(|bytes| Peak {
+            bytes,
+            at: peak_at,
+            groups,
+        });
     if !live {
         return Snapshot {
             traces: Vec::new(),
             released: None,
             temporaries_known: false,
+            peak_switched_off: false,
             peak,
             sizes: None,
             duration: crate::counters::since_start(),
@@ -609,6 +620,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
         traces,
         released: complete.then_some(released),
         temporaries_known: true,
+        peak_switched_off: peak_bytes.is_none() && sample_mean == 0,
         peak,
         sizes: (sample_mean == 0).then(|| sizes.to_vec()),
         duration: crate::counters::since_start(),

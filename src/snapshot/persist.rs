@@ -351,6 +351,7 @@ impl Snapshot {
             traces,
             released,
             temporaries_known: version >= 3,
+            peak_switched_off: false,
             peak,
             sizes,
             duration,

@@ -25,6 +25,8 @@ impl fmt::Display for Summary {
 pub(crate) struct ProcessFigures {
     pub(crate) resident: Option<crate::ProcessMemory>,
     pub(crate) tracer_tables: Option<usize>,
+    /// The traced peak and its time, for a snapshot that has no breakdown of it.
+    pub(crate) traced_peak: Option<(u64, Option<std::time::Duration>)>,
 }
 
 fn size(bytes: u64) -> String {
@@ -79,9 +81,13 @@ impl Snapshot {
         // The headline: peak, live, traffic.
         let live = self.total_size() as u64;
         let mut head = String::from("tracealloc:");
-        if let Some(peak) = self.peak_size() {
-            head += &format!(" peak {t}{}", size(peak as u64));
-            if let Some(at) = self.peak_time() {
+        let traced_peak = match self.peak_size() {
+            Some(peak) => Some((peak as u64, self.peak_time())),
+            None => process.traced_peak,
+        };
+        if let Some((peak, at)) = traced_peak {
+            head += &format!(" peak {t}{}", size(peak));
+            if let Some(at) = at {
                 head += &format!(" at {}", seconds(at));
             }
             if let Some(d) = self.duration() {
@@ -114,6 +120,10 @@ impl Snapshot {
             None if self.sampled().is_some() => out.push_str(
                 "tracealloc: no breakdown of the peak: it is kept while tracing every \
                  allocation, not while sampling\n",
+            ),
+            None if self.peak_switched_off => out.push_str(
+                "tracealloc: no breakdown of the peak: it was switched off (TRACEALLOC_PEAK=1 \
+                 or tracealloc::set_peak_breakdown(true) keeps it)\n",
             ),
             None => {}
         }
@@ -305,6 +315,7 @@ mod tests {
                         peak_resident: 60 << 20,
                     }),
                     tracer_tables: Some(1 << 20),
+                    traced_peak: None,
                 },
             )
             .to_string();
