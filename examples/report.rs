@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracealloc::{GroupBy, Metric, Timeline};
 
 #[global_allocator]
-static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new().peak_breakdown(true);
 
 #[path = "shared/index_workload.rs"]
 mod workload;

@@ -7,7 +7,8 @@
 //!   process's resident memory.
 //! - `TRACEALLOC_DUMP=path`: at exit, write a snapshot to `path` (see `Snapshot::load`).
 //! - `TRACEALLOC_PEAK=0` or `1`: keep the per-stack breakdown of the peak or not (overrides
-//!   `Tracer::peak_breakdown`).
+//!   `Tracer::peak_breakdown`). Off by default, on when `TRACEALLOC_REPORT` or
+//!   `TRACEALLOC_DUMP` is set.
 //! - `TRACEALLOC_ATTRIBUTION=innermost`: attribute traces to their innermost frame outside the
 //!   allocator and std, dependencies included, instead of the program's own line (`own`, the
 //!   default); see `Attribution`.
@@ -58,6 +59,13 @@ pub(crate) fn peak_switch() -> Option<bool> {
             None
         }
     }
+}
+
+/// Whether the exit report or dump is asked for (the peak breakdown is then on by default).
+pub(crate) fn exit_work_wanted() -> bool {
+    [c"TRACEALLOC_REPORT", c"TRACEALLOC_DUMP"]
+        .iter()
+        .any(|name| var(name).is_some_and(|v| !v.is_empty()))
 }
 
 fn number(bytes: &[u8]) -> Option<usize> {

@@ -389,7 +389,7 @@ impl Shard {
 }
 
 /// Whether the per-stack peak breakdown is kept unless the program or the environment says.
-pub(crate) const PEAK_BREAKDOWN_DEFAULT: bool = true;
+pub(crate) const PEAK_BREAKDOWN_DEFAULT: bool = false;
 /// Whether the per-stack peak breakdown is wanted (see [`set_detail`]); set at the first
 /// allocation from the `Tracer` and the environment.
 static PEAK_WANTED: AtomicBool = AtomicBool::new(PEAK_BREAKDOWN_DEFAULT);

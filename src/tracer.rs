@@ -64,7 +64,8 @@ pub struct Tracer<A = System> {
     frames: usize,
     start_stopped: bool,
     sample_mean: usize,
-    peak_breakdown: bool,
+    /// `None`: the default (see [`Tracer::peak_breakdown`]).
+    peak_breakdown: Option<bool>,
 }
 
 impl Tracer<System> {
@@ -88,7 +89,7 @@ impl<A> Tracer<A> {
             frames: DEFAULT_FRAMES,
             start_stopped: false,
             sample_mean: 0,
-            peak_breakdown: crate::table::PEAK_BREAKDOWN_DEFAULT,
+            peak_breakdown: None,
         }
     }
 
@@ -117,14 +118,17 @@ impl<A> Tracer<A> {
     }
 
     /// Whether to keep, per stack, what is live and what was live at the peak: the breakdown
-    /// behind [`peak_snapshot`](crate::peak_snapshot), [`Snapshot::at_peak`](crate::Snapshot::at_peak)
-    /// and the exit report's peak section. It costs a probe of a small table on each
-    /// allocation (benches/README.md has the figures). On by default;
-    /// `TRACEALLOC_PEAK=0` or `1` overrides this, and
-    /// [`set_peak_breakdown`](crate::set_peak_breakdown) changes it at run time. It is kept
-    /// while tracing every allocation, not while sampling.
+    /// behind [`peak_snapshot`](crate::peak_snapshot),
+    /// [`Snapshot::at_peak`](crate::Snapshot::at_peak), `Metric::Peak` outputs and the exit
+    /// report's peak section. It costs a probe of a small table on each allocation (7% on the
+    /// mixed benchmark; benches/README.md has the figures), so it is off unless asked for: by
+    /// this, by `TRACEALLOC_PEAK=1`, or at run time with
+    /// [`set_peak_breakdown`](crate::set_peak_breakdown). Asking for the exit report or dump
+    /// (`TRACEALLOC_REPORT`, `TRACEALLOC_DUMP`) turns it on unless this or `TRACEALLOC_PEAK=0`
+    /// says otherwise; `TRACEALLOC_PEAK` overrides this. It is kept while tracing every
+    /// allocation, not while sampling.
     pub const fn peak_breakdown(mut self, keep: bool) -> Self {
-        self.peak_breakdown = keep;
+        self.peak_breakdown = Some(keep);
         self
     }
 
@@ -218,7 +222,11 @@ impl<A> Tracer<A> {
             crate::sample::set_mean(self.sample_mean.min(crate::sample::MAX_SAMPLE_MEAN));
         }
         // Before anything is recorded: the tables need no recount.
-        crate::table::init_detail(crate::environment::peak_switch().unwrap_or(self.peak_breakdown));
+        crate::table::init_detail(
+            crate::environment::peak_switch()
+                .or(self.peak_breakdown)
+                .unwrap_or_else(crate::environment::exit_work_wanted),
+        );
         let wanted = if self.start_stopped { OFF } else { on_value() };
         match STATUS.compare_exchange(UNINIT, wanted, Relaxed, Relaxed) {
             Ok(_) => {

@@ -57,6 +57,18 @@ fn module_functions_behave_as_tracemalloc() {
         "tracing from the first allocation"
     );
     assert_eq!(tracealloc::traceback_limit(), tracealloc::DEFAULT_FRAMES);
+    // The peak breakdown costs a probe per allocation: off unless asked for.
+    if std::env::var_os("TRACEALLOC_PEAK").is_none()
+        && std::env::var_os("TRACEALLOC_REPORT").is_none()
+        && std::env::var_os("TRACEALLOC_DUMP").is_none()
+    {
+        assert!(!tracealloc::peak_breakdown());
+        assert!(matches!(
+            tracealloc::peak_snapshot(),
+            Err(Error::PeakNotKept)
+        ));
+        assert!(tracealloc::take_snapshot().unwrap().at_peak().is_none());
+    }
 
     // Exact current and peak. The harness's main thread allocates just after spawning this
     // test's thread (seen once in CI: 900 B counted here under load); let it reach its

@@ -49,6 +49,28 @@ fn a_version_1_file_loads_without_allocation_totals() {
 }
 
 #[test]
+fn a_version_3_file_and_a_switched_off_peak_load() {
+    let v3 = load("valid_v3.tracealloc").unwrap();
+    let v4 = load("valid.tracealloc").unwrap();
+    assert_eq!(v3, v4, "version 4 reads version 3's layout");
+    // The breakdown was switched off: the report says so, not merely nothing.
+    let off = load("peak_switched_off.tracealloc").unwrap();
+    assert!(off.at_peak().is_none());
+    let report = off.summary(3).to_string();
+    assert!(
+        report.contains("no breakdown of the peak: it was switched off"),
+        "{report}"
+    );
+    assert!(!v3.summary(3).to_string().contains("switched off"));
+    // And it is written back as it was read.
+    let original = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/damaged/peak_switched_off.tracealloc"),
+    )
+    .unwrap();
+    assert_eq!(off.to_bytes(), original);
+}
+
+#[test]
 fn a_version_2_file_loads_without_the_peak() {
     let snapshot = load("valid_v2.tracealloc").unwrap();
     assert_eq!(snapshot.allocated_total(), Some((2112 + 4096, 5)));
@@ -220,7 +242,8 @@ fn every_damaged_file_gets_its_own_error() {
             0,
             "bytes left over after the last trace",
         ),
-        ("bad_peak_flag.bin", 0, "peak flag 3 is neither 0 nor 1"),
+        ("bad_peak_flag.bin", 0, "peak flag 3 is not 0, 1 or 2"),
+        ("v3_peak_flag_2.bin", 0, "peak flag 2 is neither 0 nor 1"),
         ("zero_block_peak_group.bin", 0, "a peak group of 0 blocks"),
         (
             "peak_traceback_out_of_range.bin",

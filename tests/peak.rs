@@ -7,7 +7,7 @@ use std::sync::Barrier;
 use tracealloc::{GroupBy, Snapshot, Statistic};
 
 #[global_allocator]
-static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new().peak_breakdown(true);
 
 const MIB: usize = 1 << 20;
 

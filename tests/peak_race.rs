@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use tracealloc::GroupBy;
 
 #[global_allocator]
-static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new().peak_breakdown(true);
 
 const BIG: usize = 30 << 20;
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset 0   magic      8 bytes  "TRACEALC"
-//!        8   version    u32 LE   3 (files of versions 1 and 2 still load)
+//!        8   version    u32 LE   4 (files of versions 1 to 3 still load)
 //!        12  body_len   u64 LE   bytes of the body
 //!        20  crc32      u32 LE   CRC-32 of the body
 //!        24  body:
@@ -22,8 +22,9 @@
 //!            duration   u8 known (0 or 1); when 1: u64 nanoseconds from the start of tracing
 //!                       to the snapshot
 //!            sampling   u64 mean bytes between samples (0: every allocation was traced)
-//!            version 3 only:
-//!            peak       u8 known (0 or 1); when 1: u64 traced peak bytes, u8 time known (0 or
+//!            version 3 and later:
+//!            peak       u8 known (0 or 1; version 4: 2 = not known because the breakdown was
+//!                       switched off); when 1: u64 traced peak bytes, u8 time known (0 or
 //!                       1) and when 1 u64 nanoseconds from the start of tracing, u64 count,
 //!                       then (u64 bytes, u64 blocks, u32 traceback index): per stack, what was
 //!                       live at the peak
@@ -51,7 +52,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"TRACEALC";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 const HEADER: usize = 24;
 
 impl Snapshot {
@@ -172,7 +173,11 @@ impl Snapshot {
             body.u64(nanos(d));
         }
         body.u64(self.sample_mean);
-        body.out.push(u8::from(self.peak.is_some()));
+        body.out.push(match (&self.peak, self.peak_switched_off) {
+            (Some(_), _) => 1,
+            (None, true) => 2,
+            (None, false) => 0,
+        });
         if let Some(peak) = &self.peak {
             body.u64(peak.bytes);
             body.out.push(u8::from(peak.at.is_some()));
@@ -316,7 +321,23 @@ impl Snapshot {
         } else {
             0
         };
-        let peak = if version >= 3 && r.flag("the peak flag", "peak flag")? {
+        let peak_flag = if version >= 4 {
+            let at = r.pos;
+            match r.u8("the peak flag")? {
+                flag @ 0..=2 => flag,
+                other => {
+                    return Err(corrupt(
+                        at as u64,
+                        format!("peak flag {other} is not 0, 1 or 2"),
+                    ))
+                }
+            }
+        } else if version == 3 {
+            u8::from(r.flag("the peak flag", "peak flag")?)
+        } else {
+            0
+        };
+        let peak = if peak_flag == 1 {
             Some(read_peak(&mut r, &stacks)?)
         } else {
             None
@@ -351,7 +372,7 @@ impl Snapshot {
             traces,
             released,
             temporaries_known: version >= 3,
-            peak_switched_off: false,
+            peak_switched_off: peak_flag == 2,
             peak,
             sizes,
             duration,

@@ -55,7 +55,8 @@ def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=No
     if v3:
         # Version 3: the peak (bytes, time known + nanoseconds, groups of bytes, blocks,
         # traceback live at it), then blocks per power-of-two size bucket.
-        out += u8(0 if peak is None else peak_flag)
+        # (Version 4: a peak flag of 2 says the breakdown was switched off.)
+        out += u8(peak_flag if peak is None and peak_flag == 2 else 0 if peak is None else peak_flag)
         if peak is not None:
             peak_bytes, at, groups = peak
             out += u64(peak_bytes) + u8(1) + u64(at) + u64(len(groups))
@@ -75,19 +76,25 @@ TOTALS = [(4096, 3, 0)]
 TOTALS3 = [(4096, 3, 1024, 1, 0)]
 PEAK = (8192, 1_250_000_000, [(8192, 4, 0)])
 SIZES = [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 4]
-def v3(**kw):
+def v3(version=3, **kw):
     kw.setdefault("totals", TOTALS3)
     kw.setdefault("peak", PEAK)
     kw.setdefault("sizes", SIZES)
-    return file(body(v3=True, **kw), version=3)
+    return file(body(v3=True, **kw), version=version)
+def v4(**kw):
+    # Version 4 has version 3's layout; only the peak flag may also be 2.
+    return v3(version=4, **kw)
 cases = {
-    "valid.tracealloc": v3(),
+    "valid.tracealloc": v4(),
+    "valid_v3.tracealloc": v3(),
     "valid_v2.tracealloc": file(body(totals=TOTALS), version=2),
-    "bad_peak_flag.bin": v3(peak_flag=3),
-    "zero_block_peak_group.bin": v3(peak=(8192, 0, [(8192, 0, 0)])),
-    "peak_traceback_out_of_range.bin": v3(peak=(8192, 0, [(8192, 4, 9)])),
-    "too_many_size_buckets.bin": v3(sizes=[1] * 66),
-    "temporaries_exceed_totals.bin": v3(totals=[(4096, 3, 1024, 4, 0)]),
+    "peak_switched_off.tracealloc": v4(peak=None, peak_flag=2),
+    "bad_peak_flag.bin": v4(peak_flag=3),
+    "v3_peak_flag_2.bin": v3(peak=None, peak_flag=2),
+    "zero_block_peak_group.bin": v4(peak=(8192, 0, [(8192, 0, 0)])),
+    "peak_traceback_out_of_range.bin": v4(peak=(8192, 0, [(8192, 4, 9)])),
+    "too_many_size_buckets.bin": v4(sizes=[1] * 66),
+    "temporaries_exceed_totals.bin": v4(totals=[(4096, 3, 1024, 4, 0)]),
     "valid_v1.tracealloc": valid,
     "empty.bin": b"",
     "wrong_magic.bin": file(body(), magic=b"PK\x03\x04xxxx"),
