@@ -328,6 +328,20 @@ impl Shard {
         self.sites.insert_unique(h, site, |r| stack_hash(r.stack));
     }
 
+    /// Applies `add` to the site of each record in `live` (the shard's records, taken out of
+    /// it for the loop), with the record's weight.
+    fn add_to_sites(
+        &mut self,
+        live: &HashTable<Slot, MetaAlloc>,
+        add: impl Fn(&mut Site, sample::Weight),
+    ) {
+        for slot in live.iter() {
+            let entry = self.unpack(slot, address_hash(slot.address));
+            let weight = sample::weight(entry.size);
+            self.with_site(entry.stack, false, || (), |site, ()| add(site, weight));
+        }
+    }
+
     /// One block of `stack` enters the table, in place of `credit` bytes of a reallocated
     /// block (see [`counters::replaced`]): `current` changes, then (when the peak breakdown is
     /// kept) the site.
@@ -436,19 +450,10 @@ pub(crate) fn set_detail(peak: bool) -> bool {
                 site.live_blocks = 0;
             }
             let live = std::mem::replace(&mut shard.live, HashTable::new_in(MetaAlloc));
-            for slot in live.iter() {
-                let entry = shard.unpack(slot, address_hash(slot.address));
-                let weight = sample::weight(entry.size);
-                shard.with_site(
-                    entry.stack,
-                    false,
-                    || (),
-                    |site, ()| {
-                        site.live_bytes += weight.bytes;
-                        site.live_blocks += weight.blocks;
-                    },
-                );
-            }
+            shard.add_to_sites(&live, |site, weight| {
+                site.live_bytes += weight.bytes;
+                site.live_blocks += weight.blocks;
+            });
             shard.live = live;
         }
         counters::reset_peak();
@@ -807,19 +812,10 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
         } else {
             // The cleared blocks count as released; the caller resets the peak (in `then`).
             let peak = peak_kept();
-            for slot in live.iter() {
-                let entry = shard.unpack(slot, address_hash(slot.address));
-                let weight = sample::weight(entry.size);
-                shard.with_site(
-                    entry.stack,
-                    false,
-                    || (),
-                    |site, ()| {
-                        site.released_bytes += weight.bytes;
-                        site.released_blocks += weight.blocks;
-                    },
-                );
-            }
+            shard.add_to_sites(&live, |site, weight| {
+                site.released_bytes += weight.bytes;
+                site.released_blocks += weight.blocks;
+            });
             if peak {
                 let epoch = counters::epoch();
                 for site in shard.sites.iter_mut() {
