@@ -126,6 +126,8 @@ extern "C" fn at_exit() {
 
 fn exit_work() {
     use std::io::Write;
+    // Nothing the exit work allocates is the program's.
+    let _quiet = crate::guard::Guard::enter();
     let lines = REPORT_LINES.load(Relaxed);
     let path = {
         let path = DUMP_PATH.lock().unwrap_or_else(|p| p.into_inner());

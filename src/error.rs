@@ -82,6 +82,13 @@ pub enum Error {
         /// The name as given.
         given: String,
     },
+    /// The profile server could not start (see `http::Server`).
+    Http {
+        /// The address it was to serve.
+        address: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A snapshot file is damaged, truncated, or not a snapshot file.
     Corrupt {
         /// Byte offset in the file where the problem was found.
@@ -123,8 +130,9 @@ impl fmt::Display for Error {
             ),
             Error::PeakNotKept => f.write_str(
                 "what was live at the peak is not known here: it is kept while tracing every \
-                 allocation with the peak breakdown on (the default; TRACEALLOC_PEAK=1, \
-                 tracealloc::set_peak_breakdown(true)), not while sampling \
+                 allocation with the peak breakdown on (off by default: TRACEALLOC_PEAK=1, \
+                 Tracer::peak_breakdown(true) or tracealloc::set_peak_breakdown(true) turns it \
+                 on), not while sampling \
                  (tracealloc::set_sampling(None)), and files written before format version 3 \
                  do not carry it",
             ),
@@ -160,6 +168,9 @@ impl fmt::Display for Error {
             Error::Empty { what } => write!(f, "nothing to show: {what}"),
             Error::Output { format, reason } => write!(f, "could not write the {format}: {reason}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Http { address, reason } => {
+                write!(f, "cannot serve heap profiles at {address}: {reason}")
+            }
             Error::Corrupt { offset, problem } => {
                 write!(f, "not a valid snapshot file: {problem} (at byte {offset})")
             }

@@ -85,6 +85,8 @@ mod error;
 mod fork;
 mod format;
 mod guard;
+#[cfg(feature = "http")]
+pub mod http;
 mod lock;
 mod meta;
 mod sample;

@@ -134,6 +134,8 @@ impl TimelineSeries {
 
     /// Writes [`to_csv`](Self::to_csv) to `path`.
     pub fn write_csv(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         crate::snapshot::write_atomically(path.as_ref(), self.to_csv().as_bytes())
     }
 
@@ -141,6 +143,8 @@ impl TimelineSeries {
     /// highest traced sample marked and labelled.
     #[cfg(feature = "timeline")]
     pub fn svg(&self) -> Result<String, Error> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         use plotters::prelude::*;
         let fail = |e: &dyn std::fmt::Display| Error::Output {
             format: "timeline chart",

@@ -51,8 +51,15 @@ fn a_version_1_file_loads_without_allocation_totals() {
 #[test]
 fn a_version_3_file_and_a_switched_off_peak_load() {
     let v3 = load("valid_v3.tracealloc").unwrap();
-    let v4 = load("valid.tracealloc").unwrap();
+    let v4 = load("valid_v4.tracealloc").unwrap();
     assert_eq!(v3, v4, "version 4 reads version 3's layout");
+    // Before version 5, a file does not say which program took it, or when.
+    assert_eq!(
+        (v4.program(), v4.taken_at(), v4.command_line()),
+        (None, None, None)
+    );
+    let v5 = load("valid.tracealloc").unwrap();
+    assert_eq!(v5.statistics(GroupBy::Line), v4.statistics(GroupBy::Line));
     // The breakdown was switched off: the report says so, not merely nothing.
     let off = load("peak_switched_off.tracealloc").unwrap();
     assert!(off.at_peak().is_none());
@@ -84,6 +91,13 @@ fn a_version_2_file_loads_without_the_peak() {
 #[test]
 fn the_independently_written_valid_file_loads() {
     let snapshot = load("valid.tracealloc").unwrap();
+    // Version 5: the program that took it, and when.
+    assert_eq!(snapshot.program(), Some("/srv/app/bin/app"));
+    assert_eq!(snapshot.command_line(), Some(("app --port 8080", 4242)));
+    assert_eq!(
+        snapshot.taken_at(),
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_796_000_000_123_456_789))
+    );
     // The peak: 8192 B in 4 blocks of the one stack, 1.25 s after tracing started.
     assert_eq!(snapshot.peak_size(), Some(8192));
     assert_eq!(
@@ -243,6 +257,12 @@ fn every_damaged_file_gets_its_own_error() {
             "bytes left over after the last trace",
         ),
         ("bad_peak_flag.bin", 0, "peak flag 3 is not 0, 1 or 2"),
+        ("bad_origin_flag.bin", 0, "origin flag 7 is neither 0 nor 1"),
+        (
+            "origin_not_utf8.bin",
+            0,
+            "the program's path is not valid UTF-8",
+        ),
         ("v3_peak_flag_2.bin", 0, "peak flag 2 is neither 0 nor 1"),
         ("zero_block_peak_group.bin", 0, "a peak group of 0 blocks"),
         (

@@ -11,6 +11,8 @@ mod traceback;
 pub use diff::StatisticDiff;
 pub use filter::Filter;
 pub use output::Metric;
+#[cfg(feature = "pprof")]
+pub(crate) use output::{encode_pprof, PprofDefault};
 pub(crate) use persist::write_atomically;
 pub use statistics::{GroupBy, Report, Statistic};
 pub(crate) use summary::ProcessFigures;
@@ -105,6 +107,41 @@ pub(crate) struct StackTotals {
     pub(crate) temporary: Option<(u64, u64)>,
 }
 
+/// Which process took a snapshot, and when: what pprof's mapping and time, DHAT's `cmd` and
+/// `pid` show, kept in dump files so a dump converted elsewhere still names its program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// The executable's path (`std::env::current_exe`), empty when unknown.
+    pub(crate) program: String,
+    /// The command line, arguments separated by spaces.
+    pub(crate) command: String,
+    pub(crate) pid: u32,
+    /// When the snapshot was taken: nanoseconds since the Unix epoch.
+    pub(crate) unix_nanos: u64,
+}
+
+impl Origin {
+    /// This process, now.
+    pub(crate) fn here() -> Origin {
+        let program = std::env::current_exe()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let command = std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64);
+        Origin {
+            program,
+            command,
+            pid: std::process::id(),
+            unix_nanos,
+        }
+    }
+}
+
 /// The traces live at one moment, with their stacks symbolized.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -125,6 +162,8 @@ pub struct Snapshot {
     sample_mean: u64,
     traceback_limit: usize,
     capture_mode: CaptureMode,
+    /// The process that took it and when; `None` for files before format version 5.
+    origin: Option<Arc<Origin>>,
 }
 
 impl Snapshot {
@@ -182,6 +221,7 @@ impl Snapshot {
             sample_mean: 0,
             traceback_limit,
             capture_mode,
+            origin: None,
         }
     }
 
@@ -239,7 +279,29 @@ impl Snapshot {
             sample_mean: self.sample_mean,
             traceback_limit: self.traceback_limit,
             capture_mode: self.capture_mode,
+            origin: self.origin.clone(),
         }
+    }
+
+    /// When the snapshot was taken (wall clock); `None` for files written before format
+    /// version 5.
+    pub fn taken_at(&self) -> Option<std::time::SystemTime> {
+        let origin = self.origin.as_ref()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(origin.unix_nanos))
+    }
+
+    /// The path of the executable that took the snapshot, when known (files before format
+    /// version 5 do not say).
+    pub fn program(&self) -> Option<&str> {
+        self.origin
+            .as_ref()
+            .map(|o| o.program.as_str())
+            .filter(|p| !p.is_empty())
+    }
+
+    /// The command line and process id of the program that took the snapshot, when known.
+    pub fn command_line(&self) -> Option<(&str, u32)> {
+        self.origin.as_ref().map(|o| (o.command.as_str(), o.pid))
     }
 
     /// Time from the start of tracing (the first allocation, or the last `start`) to the
@@ -312,6 +374,7 @@ impl Snapshot {
             sample_mean: 0,
             traceback_limit: self.traceback_limit,
             capture_mode: self.capture_mode,
+            origin: self.origin.clone(),
         })
     }
 
@@ -614,6 +677,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
             sample_mean,
             traceback_limit,
             capture_mode: capture::mode(),
+            origin: Some(Arc::new(Origin::here())),
         };
     }
     Snapshot {
@@ -627,6 +691,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
         sample_mean,
         traceback_limit,
         capture_mode: capture::mode(),
+        origin: Some(Arc::new(Origin::here())),
     }
 }
 

@@ -151,6 +151,8 @@ impl Snapshot {
     /// outermost first. Stacks that print the same are merged; lines are sorted. A `;` inside a
     /// name (as in `[u8; 4]`) is written `,`, since `;` separates frames.
     pub fn folded(&self, metric: Metric) -> Result<Vec<String>, Error> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         let mut merged: HashMap<String, u64> = HashMap::new();
         for row in self.rows(metric)? {
             let line = row
@@ -191,6 +193,8 @@ impl Snapshot {
     /// The flame graph's SVG text.
     #[cfg(feature = "flamegraph")]
     pub fn flamegraph_svg(&self, metric: Metric) -> Result<Vec<u8>, Error> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         let lines = self.folded(metric)?;
         let mut options = inferno::flamegraph::Options::default();
         options.title = format!("tracealloc: heap {}", metric.describe());
@@ -228,6 +232,8 @@ mod pprof {
         pub(super) sample_type: Vec<ValueType>,
         #[prost(message, repeated, tag = "2")]
         pub(super) sample: Vec<Sample>,
+        #[prost(message, repeated, tag = "3")]
+        pub(super) mapping: Vec<Mapping>,
         #[prost(message, repeated, tag = "4")]
         pub(super) location: Vec<Location>,
         #[prost(message, repeated, tag = "5")]
@@ -278,10 +284,30 @@ mod pprof {
         pub(super) num_unit: i64,
     }
 
+    /// The program's binary: pprof names the profile after it, and with its `has_*` flags set
+    /// takes the locations as already symbolized.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Mapping {
+        #[prost(uint64, tag = "1")]
+        pub(super) id: u64,
+        #[prost(int64, tag = "5")]
+        pub(super) filename: i64,
+        #[prost(bool, tag = "7")]
+        pub(super) has_functions: bool,
+        #[prost(bool, tag = "8")]
+        pub(super) has_filenames: bool,
+        #[prost(bool, tag = "9")]
+        pub(super) has_line_numbers: bool,
+        #[prost(bool, tag = "10")]
+        pub(super) has_inline_frames: bool,
+    }
+
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct Location {
         #[prost(uint64, tag = "1")]
         pub(super) id: u64,
+        #[prost(uint64, tag = "2")]
+        pub(super) mapping_id: u64,
         #[prost(message, repeated, tag = "4")]
         pub(super) line: Vec<Line>,
     }
@@ -390,37 +416,76 @@ impl Snapshot {
     // Tracebacks hash by their frames (see `shown_stacks`).
     #[allow(clippy::mutable_key_type)]
     pub fn pprof_bytes(&self) -> Result<Vec<u8>, Error> {
-        use pprof::*;
-        use prost::Message;
-        use std::io::Write;
+        encode_pprof(&[(self, 1)], PprofDefault::Inuse, None)
+    }
 
-        let with_totals = self.has_allocation_totals();
-        let mut strings = Strings::default();
-        strings.id("");
-        let mut sample_type = Vec::new();
-        let mut kinds: Vec<(&str, &str)> = Vec::new();
-        if with_totals {
-            kinds.extend([("alloc_objects", "count"), ("alloc_space", "bytes")]);
-        }
-        kinds.extend([("inuse_objects", "count"), ("inuse_space", "bytes")]);
-        for (kind, unit) in &kinds {
-            sample_type.push(ValueType {
-                r#type: strings.id(kind),
-                unit: strings.id(unit),
-            });
-        }
+    /// Writes [`pprof_bytes`](Self::pprof_bytes) to `path` (conventionally `*.pb.gz`).
+    pub fn write_pprof(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        super::persist::write_atomically(path.as_ref(), &self.pprof_bytes()?)
+    }
+}
 
-        let mut functions: HashMap<(&str, &str), u64> = HashMap::new();
-        let mut function_table: Vec<Function> = Vec::new();
-        // A location is one machine-code address: a frame and the frames inlined into it
-        // (innermost first, as pprof lists a location's lines).
-        let mut locations: HashMap<&[Frame], u64> = HashMap::new();
-        let mut location_table: Vec<Location> = Vec::new();
-        let mut samples = Vec::new();
-        let mut shown = self.shown_stacks();
+/// Which sample type a pprof profile shows by default.
+#[cfg(feature = "pprof")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PprofDefault {
+    /// `inuse_space`: what is live (Go's `/debug/pprof/heap`).
+    Inuse,
+    /// `alloc_space`: what was allocated (Go's `/debug/pprof/allocs`), when known.
+    Alloc,
+}
+
+/// Encodes snapshots as one pprof profile, each part's values multiplied by its sign: one
+/// snapshot with sign 1 is its profile; a later one with 1 and an earlier with -1 is the
+/// difference between them (a delta profile, as Go's `?seconds=N`). Time, program and notes
+/// come from the last part; `duration` overrides its duration.
+// Tracebacks hash by their frames (see `shown_stacks`).
+#[cfg(feature = "pprof")]
+#[allow(clippy::mutable_key_type)]
+pub(crate) fn encode_pprof(
+    parts: &[(&Snapshot, i64)],
+    default: PprofDefault,
+    duration: Option<std::time::Duration>,
+) -> Result<Vec<u8>, Error> {
+    use pprof::*;
+    use prost::Message;
+    use std::io::Write;
+
+    // The tracer's own work, not the program's: untraced (frees still forget).
+    let _quiet = crate::guard::Guard::enter();
+    let Some(&(last, _)) = parts.last() else {
+        return Err(Error::Empty {
+            what: "no snapshot to encode".to_owned(),
+        });
+    };
+    let with_totals = parts.iter().all(|(s, _)| s.has_allocation_totals());
+    let mut strings = Strings::default();
+    strings.id("");
+    let mut sample_type = Vec::new();
+    let mut kinds: Vec<(&str, &str)> = Vec::new();
+    if with_totals {
+        kinds.extend([("alloc_objects", "count"), ("alloc_space", "bytes")]);
+    }
+    kinds.extend([("inuse_objects", "count"), ("inuse_space", "bytes")]);
+    for (kind, unit) in &kinds {
+        sample_type.push(ValueType {
+            r#type: strings.id(kind),
+            unit: strings.id(unit),
+        });
+    }
+
+    let mut functions: HashMap<(std::sync::Arc<str>, std::sync::Arc<str>), u64> = HashMap::new();
+    let mut function_table: Vec<Function> = Vec::new();
+    // A location is one machine-code address: a frame and the frames inlined into it
+    // (innermost first, as pprof lists a location's lines).
+    let mut locations: HashMap<Vec<Frame>, u64> = HashMap::new();
+    let mut location_table: Vec<Location> = Vec::new();
+    let mut samples = Vec::new();
+    let bytes_key = strings.id("bytes");
+    for &(snapshot, sign) in parts {
+        let mut shown = snapshot.shown_stacks();
         shown.sort_by(|a, b| a.traceback.shown().cmp(&b.traceback.shown()));
-        let sizes = self.live_sizes_by_shown_stack();
-        let bytes_key = strings.id("bytes");
+        let sizes = snapshot.live_sizes_by_shown_stack();
         for stack in &shown {
             let frames = stack.traceback.frames();
             let mut ids = Vec::with_capacity(frames.len());
@@ -433,19 +498,21 @@ impl Snapshot {
                 let group = &frames[start..start + len];
                 start += len;
                 let next_location = location_table.len() as u64 + 1;
-                let location = *locations.entry(group).or_insert(next_location);
+                let location = *locations.entry(group.to_vec()).or_insert(next_location);
                 if location == next_location {
                     let mut line = Vec::with_capacity(group.len());
                     for frame in group {
-                        let key = (&*frame.function, &*frame.filename);
+                        let key = (frame.function.clone(), frame.filename.clone());
                         let next_function = function_table.len() as u64 + 1;
                         let function = *functions.entry(key).or_insert(next_function);
                         if function == next_function {
-                            let name = strings.id(&frame.function);
+                            // The name is already demangled, with its generics: a system name
+                            // equal to it would make pprof demangle it again and cut every
+                            // `<...>` (`<Vec<T> as Extend<T>>::extend` became `::extend`).
                             function_table.push(Function {
                                 id: function,
-                                name,
-                                system_name: name,
+                                name: strings.id(&frame.function),
+                                system_name: 0,
                                 filename: strings.id(&frame.path),
                             });
                         }
@@ -454,7 +521,11 @@ impl Snapshot {
                             line: i64::from(frame.lineno),
                         });
                     }
-                    location_table.push(Location { id: location, line });
+                    location_table.push(Location {
+                        id: location,
+                        mapping_id: 1,
+                        line,
+                    });
                 }
                 ids.push(location);
             }
@@ -467,11 +538,12 @@ impl Snapshot {
                 .map_or(&[][..], Vec::as_slice)
             {
                 live = (live.0 + blocks, live.1 + bytes);
+                let (blocks, bytes) = (sign * blocks as i64, sign * bytes as i64);
                 let mut value = Vec::with_capacity(4);
                 if with_totals {
-                    value.extend([blocks as i64, bytes as i64]);
+                    value.extend([blocks, bytes]);
                 }
-                value.extend([blocks as i64, bytes as i64]);
+                value.extend([blocks, bytes]);
                 samples.push(Sample {
                     location_id: ids.clone(),
                     value,
@@ -487,47 +559,59 @@ impl Snapshot {
             if with_totals && freed != (0, 0) {
                 samples.push(Sample {
                     location_id: ids,
-                    value: vec![freed.0 as i64, freed.1 as i64, 0, 0],
+                    value: vec![sign * freed.0 as i64, sign * freed.1 as i64, 0, 0],
                     label: Vec::new(),
                 });
             }
         }
-        let comment = self.notes().iter().map(|n| strings.id(n)).collect();
-        let period_type = Some(ValueType {
-            r#type: strings.id("space"),
-            unit: strings.id("bytes"),
-        });
-        let default_sample_type = strings.id("inuse_space");
-        let time_nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        let profile = Profile {
-            sample_type,
-            sample: samples,
-            location: location_table,
-            function: function_table,
-            string_table: strings.table,
-            time_nanos,
-            duration_nanos: self.duration().map_or(0, |d| d.as_nanos() as i64),
-            period_type,
-            period: 1,
-            comment,
-            default_sample_type,
-        };
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&profile.encode_to_vec())
-            .and_then(|()| gz.finish())
-            .map_err(|e| Error::Output {
-                format: "pprof",
-                reason: e.to_string(),
-            })
     }
-
-    /// Writes [`pprof_bytes`](Self::pprof_bytes) to `path` (conventionally `*.pb.gz`).
-    pub fn write_pprof(&self, path: impl AsRef<Path>) -> Result<(), Error> {
-        super::persist::write_atomically(path.as_ref(), &self.pprof_bytes()?)
-    }
+    let comment = last.notes().iter().map(|n| strings.id(n)).collect();
+    let period_type = Some(ValueType {
+        r#type: strings.id("space"),
+        unit: strings.id("bytes"),
+    });
+    let default_sample_type = strings.id(match default {
+        PprofDefault::Alloc if with_totals => "alloc_space",
+        _ => "inuse_space",
+    });
+    // When the snapshot was taken (0, which pprof leaves out, for older files).
+    let time_nanos = last
+        .origin
+        .as_ref()
+        .map_or(0, |o| o.unix_nanos.min(i64::MAX as u64) as i64);
+    let program = last.program().unwrap_or("unknown");
+    let mapping = vec![Mapping {
+        id: 1,
+        filename: strings.id(program),
+        has_functions: true,
+        has_filenames: true,
+        has_line_numbers: true,
+        has_inline_frames: true,
+    }];
+    let duration = duration.or(last.duration());
+    let profile = Profile {
+        sample_type,
+        sample: samples,
+        mapping,
+        location: location_table,
+        function: function_table,
+        string_table: strings.table,
+        time_nanos,
+        duration_nanos: duration.map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64),
+        period_type,
+        // As Go's heap profiles: the sampling rate in bytes (1 when every allocation is
+        // traced).
+        period: last.sample_mean.clamp(1, i64::MAX as u64) as i64,
+        comment,
+        default_sample_type,
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&profile.encode_to_vec())
+        .and_then(|()| gz.finish())
+        .map_err(|e| Error::Output {
+            format: "pprof",
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(feature = "dhat")]
@@ -539,6 +623,8 @@ impl Snapshot {
     /// recorded by tracealloc, so the file says so (`bklt` and `bkacc` false) and the viewer
     /// hides those columns rather than showing invented values.
     pub fn dhat_json(&self, metric: Metric) -> Result<String, Error> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         let rows = self.rows(metric)?;
         let mut ftbl: Vec<String> = vec!["[root]".to_owned()];
         let mut frame_ids: HashMap<&Frame, usize> = HashMap::new();
@@ -567,6 +653,15 @@ impl Snapshot {
             Metric::Peak => "Live at the peak",
             Metric::Temporary => "Allocated as temporaries",
         };
+        // The traced program's command line and process id, not the converting process's
+        // (files before format version 5 do not know them: pid 0).
+        let (cmd, pid) = match self.command_line() {
+            Some((command, pid)) => (format!("{command} (heap {})", metric.describe()), pid),
+            None => (
+                format!("a tracealloc snapshot (heap {})", metric.describe()),
+                0,
+            ),
+        };
         let document = serde_json::json!({
             "dhatFileVersion": 2,
             "mode": "rust-heap (tracealloc)",
@@ -575,8 +670,8 @@ impl Snapshot {
             "bkacc": false,
             "tu": "µs",
             "Mtu": "s",
-            "cmd": format!("tracealloc snapshot: heap {}", metric.describe()),
-            "pid": std::process::id(),
+            "cmd": cmd,
+            "pid": pid,
             "te": te,
             "pps": pps,
             "ftbl": ftbl,

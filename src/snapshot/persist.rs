@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset 0   magic      8 bytes  "TRACEALC"
-//!        8   version    u32 LE   4 (files of versions 1 to 3 still load)
+//!        8   version    u32 LE   5 (files of versions 1 to 4 still load)
 //!        12  body_len   u64 LE   bytes of the body
 //!        20  crc32      u32 LE   CRC-32 of the body
 //!        24  body:
@@ -30,6 +30,10 @@
 //!                       live at the peak
 //!            sizes      u8 known (0 or 1); when 1: u8 count (at most 65), then count × u64:
 //!                       blocks requested per power-of-two size bucket
+//!            version 5 and later:
+//!            origin     u8 known (0 or 1); when 1: u64 nanoseconds since the Unix epoch when
+//!                       the snapshot was taken, u32 process id, then the executable's path and
+//!                       the command line, each as (u32 length, UTF-8 bytes)
 //! ```
 //!
 //! Loading checks everything (magic, version, length, checksum, every count against the bytes
@@ -42,7 +46,7 @@
 //! 7 bytes (each needs an `Arc<str>` of 24 bytes for its 6 to 11 in the file).
 
 use super::{
-    Frame, Identity, Peak, PeakGroup, Released, Snapshot, Stack, Stacks, Trace, Traceback,
+    Frame, Identity, Origin, Peak, PeakGroup, Released, Snapshot, Stack, Stacks, Trace, Traceback,
 };
 use crate::error::Error;
 use crate::stack::CaptureMode;
@@ -52,7 +56,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"TRACEALC";
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 const HEADER: usize = 24;
 
 impl Snapshot {
@@ -73,6 +77,8 @@ impl Snapshot {
 
     /// The snapshot in the dump format.
     pub fn to_bytes(&self) -> Vec<u8> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         let mut strings = Table::<&str>::default();
         let mut frames = Table::<&Frame>::default();
         let mut tracebacks: Vec<&Traceback> = Vec::new();
@@ -196,6 +202,15 @@ impl Snapshot {
             body.out.push(sizes.len() as u8);
             for &n in sizes {
                 body.u64(n);
+            }
+        }
+        body.out.push(u8::from(self.origin.is_some()));
+        if let Some(origin) = &self.origin {
+            body.u64(origin.unix_nanos);
+            body.u32(origin.pid);
+            for text in [&origin.program, &origin.command] {
+                body.u32(text.len() as u32);
+                body.out.extend_from_slice(text.as_bytes());
             }
         }
 
@@ -362,6 +377,20 @@ impl Snapshot {
         } else {
             None
         };
+        let origin = if version >= 5 && r.flag("the origin flag", "origin flag")? {
+            let unix_nanos = r.u64("the snapshot's time")?;
+            let pid = r.u32("the process id")?;
+            let program = r.text("the program's path")?;
+            let command = r.text("the command line")?;
+            Some(Arc::new(Origin {
+                program,
+                command,
+                pid,
+                unix_nanos,
+            }))
+        } else {
+            None
+        };
         if r.pos != bytes.len() {
             return Err(corrupt(
                 r.pos as u64,
@@ -379,6 +408,7 @@ impl Snapshot {
             sample_mean,
             traceback_limit: traceback_limit as usize,
             capture_mode,
+            origin,
         })
     }
 }
@@ -787,6 +817,8 @@ impl Ranked {
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so a reader
 /// never sees half a file and a failed write leaves the old file intact.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    // The tracer's own work, not the program's: untraced (frees still forget).
+    let _quiet = crate::guard::Guard::enter();
     let io = |source| Error::Io {
         path: path.to_owned(),
         source,
@@ -894,6 +926,19 @@ impl<'a> Reader<'a> {
     fn u32(&mut self, what: &str) -> Result<u32, Error> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A string: u32 length, then UTF-8 bytes.
+    fn text(&mut self, what: &str) -> Result<String, Error> {
+        let len = self.u32(what)? as usize;
+        let at = self.pos;
+        let raw = self.take(len, what)?;
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|e| {
+            corrupt(
+                (at + e.valid_up_to()) as u64,
+                format!("{what} is not valid UTF-8"),
+            )
+        })
     }
 
     fn u64(&mut self, what: &str) -> Result<u64, Error> {
@@ -1016,8 +1061,8 @@ mod tests {
         body.u32(0);
         body.out.extend_from_slice(&[0, 0]);
         body.u64(0);
-        // No peak, no size histogram.
-        body.out.extend_from_slice(&[0, 0]);
+        // No peak, no size histogram, no origin.
+        body.out.extend_from_slice(&[0, 0, 0]);
         let mut file = MAGIC.to_vec();
         file.extend_from_slice(&VERSION.to_le_bytes());
         file.extend_from_slice(&(body.out.len() as u64).to_le_bytes());

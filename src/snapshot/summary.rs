@@ -62,6 +62,8 @@ impl Snapshot {
     /// and it has something. The same text as `TRACEALLOC_REPORT` at exit and `tracealloc
     /// report FILE`, less the process's resident memory, which only the process knows.
     pub fn summary(&self, limit: usize) -> Summary {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         self.summary_with(limit, "at the snapshot", ProcessFigures::default())
     }
 
@@ -71,6 +73,8 @@ impl Snapshot {
         when: &str,
         process: ProcessFigures,
     ) -> Summary {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         let limit = limit.max(1);
         let mut out = String::new();
         let t = super::statistics::approx(self.sampled().is_some());

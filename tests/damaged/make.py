@@ -14,7 +14,7 @@ def u64(v): return struct.pack("<Q", v)
 
 def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=None,
          string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None, duration_flag=1, v2=None, sample_mean=0,
-         v3=False, peak=None, peak_flag=1, sizes=None):
+         v3=False, peak=None, peak_flag=1, sizes=None, v5=False, origin=None, origin_flag=None):
     strings = strings if strings is not None else ["src/main.rs", "/home/u/app/src/main.rs", "app::parse", "app::main"]
     frames = frames if frames is not None else [(0, 1, 2, 41), (0, 1, 3, 12)]
     tracebacks = tracebacks if tracebacks is not None else [([0, 1], 0, 16, 0)]
@@ -65,6 +65,15 @@ def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=No
         out += u8(0 if sizes is None else 1)
         if sizes is not None:
             out += u8(len(sizes)) + b"".join(u64(n) for n in sizes)
+    if v5:
+        # Version 5: the origin (nanoseconds since the Unix epoch, pid, program, command line).
+        out += u8((0 if origin is None else 1) if origin_flag is None else origin_flag)
+        if origin is not None:
+            nanos, pid, program, command = origin
+            out += u64(nanos) + u32(pid)
+            for text in (program, command):
+                raw = text if isinstance(text, bytes) else text.encode()
+                out += u32(len(raw)) + raw
     return out
 
 def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
@@ -84,11 +93,19 @@ def v3(version=3, **kw):
 def v4(**kw):
     # Version 4 has version 3's layout; only the peak flag may also be 2.
     return v3(version=4, **kw)
+ORIGIN = (1_796_000_000_123_456_789, 4242, "/srv/app/bin/app", "app --port 8080")
+def v5(**kw):
+    # Version 5 adds the origin after the size histogram.
+    kw.setdefault("origin", ORIGIN)
+    return v3(version=5, v5=True, **kw)
 cases = {
-    "valid.tracealloc": v4(),
+    "valid.tracealloc": v5(),
+    "valid_v4.tracealloc": v4(),
     "valid_v3.tracealloc": v3(),
+    "bad_origin_flag.bin": v5(origin=None, origin_flag=7),
+    "origin_not_utf8.bin": v5(origin=(1, 2, b"/srv/\xff", "app")),
     "valid_v2.tracealloc": file(body(totals=TOTALS), version=2),
-    "peak_switched_off.tracealloc": v4(peak=None, peak_flag=2),
+    "peak_switched_off.tracealloc": v5(peak=None, peak_flag=2, origin=None),
     "bad_peak_flag.bin": v4(peak_flag=3),
     "v3_peak_flag_2.bin": v3(peak=None, peak_flag=2),
     "zero_block_peak_group.bin": v4(peak=(8192, 0, [(8192, 0, 0)])),

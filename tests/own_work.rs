@@ -1,0 +1,68 @@
+//! The tracer's own output work is not the program's: after `dump`, `write_pprof`,
+//! `write_dhat`, `write_flamegraph` and `summary`, a snapshot's allocation totals hold none of
+//! their allocations (flate2 and miniz_oxide's buffers, the encoders, the temporary files).
+#![cfg(all(feature = "pprof", feature = "dhat", feature = "flamegraph"))]
+
+use tracealloc::{GroupBy, Metric};
+
+#[global_allocator]
+static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+
+#[test]
+fn outputs_leave_no_allocations_in_the_profile() {
+    let kept: Vec<String> = (0..200).map(|i| format!("{i:>40}")).collect();
+    let dir = std::env::temp_dir().join(format!("tracealloc-own-work-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = tracealloc::take_snapshot().unwrap();
+    let (bytes_before, blocks_before) = first.allocated_total().unwrap();
+
+    first.dump(dir.join("heap.tracealloc")).unwrap();
+    first.write_pprof(dir.join("heap.pb.gz")).unwrap();
+    first
+        .write_dhat(dir.join("dhat.json"), Metric::Live)
+        .unwrap();
+    first
+        .write_flamegraph(dir.join("flame.svg"), Metric::Live)
+        .unwrap();
+    let text = first.summary(10).to_string();
+    assert!(text.contains("tests/own_work.rs"), "{text}");
+    let pprof = first.pprof_bytes().unwrap();
+    assert!(pprof.len() > 100);
+    drop(pprof);
+
+    let second = tracealloc::take_snapshot().unwrap();
+    let (bytes_after, blocks_after) = second.allocated_total().unwrap();
+    let allocated = second.allocation_statistics(GroupBy::Traceback).unwrap();
+    let theirs: Vec<String> = allocated
+        .iter()
+        .filter(|s| {
+            s.traceback.frames().iter().any(|f| {
+                [
+                    "tracealloc::",
+                    "flate2",
+                    "miniz_oxide",
+                    "inferno",
+                    "serde_json",
+                ]
+                .iter()
+                .any(|n| f.function.contains(n))
+            })
+        })
+        .map(|s| format!("{s}\n{}", s.traceback))
+        .collect();
+    assert!(
+        theirs.is_empty(),
+        "the outputs' allocations were traced:\n{}",
+        theirs.join("\n")
+    );
+    // Between the two snapshots this test allocated only the summary's and the files'
+    // names: a few blocks, not the thousands the encoders make.
+    assert!(
+        blocks_after - blocks_before < 40,
+        "{} blocks, {} bytes allocated by the outputs' callers",
+        blocks_after - blocks_before,
+        bytes_after - bytes_before
+    );
+    drop(kept);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
