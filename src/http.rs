@@ -312,8 +312,8 @@ fn delta(kind: Kind, seconds: Duration, debug: u8) -> Response {
     }
 }
 
-/// A running profile server; dropping it (or [`stop`](Self::stop)) stops it, [`detach`]
-/// (Self::detach) keeps it for the life of the process.
+/// A running profile server; dropping it (or [`stop`](Self::stop)) stops it,
+/// [`detach`](Self::detach) keeps it for the life of the process.
 #[derive(Debug)]
 pub struct Server {
     address: SocketAddr,

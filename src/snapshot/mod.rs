@@ -11,7 +11,7 @@ mod traceback;
 pub use diff::StatisticDiff;
 pub use filter::Filter;
 pub use output::Metric;
-#[cfg(feature = "pprof")]
+#[cfg(feature = "http")]
 pub(crate) use output::{encode_pprof, PprofDefault};
 pub(crate) use persist::write_atomically;
 pub use statistics::{GroupBy, Report, Statistic};

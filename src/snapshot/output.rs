@@ -427,6 +427,7 @@ impl Snapshot {
 
 /// Which sample type a pprof profile shows by default.
 #[cfg(feature = "pprof")]
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PprofDefault {
     /// `inuse_space`: what is live (Go's `/debug/pprof/heap`).
