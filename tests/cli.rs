@@ -152,6 +152,11 @@ fn errors_are_one_line_and_exit_code_1() {
         "/no/such/dir/x.pb.gz"
     ]);
     assert!(unwritable.contains("/no/such/dir/x.pb.gz"), "{unwritable}");
+    // A damaged file's error names the file.
+    assert!(
+        truncated.contains("truncated.bin: not a valid snapshot file"),
+        "{truncated}"
+    );
     // Usage errors come from clap: exit code 2 and a usage message.
     let usage = run(args!["top"]);
     assert_eq!(usage.status.code(), Some(2));
@@ -193,4 +198,35 @@ fn the_peak_temporaries_and_the_report_from_a_file() {
     let report = ok(args!["report", old]);
     assert!(!report.contains("at the peak"), "{report}");
     assert!(!report.contains("temporary"), "{report}");
+}
+
+#[test]
+fn an_output_never_overwrites_its_input_and_dash_is_stdout() {
+    let copy = temp("input.tracealloc");
+    std::fs::copy(damaged("valid.tracealloc"), &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    for command in ["pprof", "flamegraph", "dhat"] {
+        let refused = fails(args![command, copy, "-o", copy]);
+        assert!(
+            refused.contains("refusing to write the output over its input"),
+            "{command}: {refused}"
+        );
+        // The same file by another name.
+        let other = copy.parent().unwrap().join(".").join("input.tracealloc");
+        fails(args![command, copy, "-o", other]);
+    }
+    assert_eq!(std::fs::read(&copy).unwrap(), before, "the input is intact");
+
+    let out = run(args!["pprof", copy, "-o", "-"]);
+    assert!(out.status.success());
+    assert_eq!(
+        &out.stdout[..2],
+        &[0x1f, 0x8b],
+        "a gzipped profile on stdout"
+    );
+    let out = run(args!["dhat", copy, "-o", "-"]);
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("{"));
+    let out = run(args!["flamegraph", copy, "-o", "-"]);
+    assert!(String::from_utf8(out.stdout).unwrap().contains("<svg"));
+    assert!(!Path::new("-").exists(), "no file named -");
 }

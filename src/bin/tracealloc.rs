@@ -16,7 +16,7 @@
 //! Errors (a missing or damaged file, a bad pattern) are one line on stderr and exit code 1.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tracealloc::{Error, Filter, GroupBy, Metric, Snapshot};
 
@@ -120,7 +120,7 @@ enum Command {
     Flamegraph {
         /// Snapshot file.
         file: PathBuf,
-        /// Output SVG file.
+        /// Output SVG file (`-` for stdout).
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// Show everything allocated since tracing started instead of live memory.
@@ -137,7 +137,7 @@ enum Command {
     Pprof {
         /// Snapshot file.
         file: PathBuf,
-        /// Output file, conventionally *.pb.gz.
+        /// Output file, conventionally *.pb.gz (`-` for stdout).
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// The profile of what was live at the traced peak.
@@ -148,7 +148,7 @@ enum Command {
     Dhat {
         /// Snapshot file.
         file: PathBuf,
-        /// Output JSON file.
+        /// Output JSON file (`-` for stdout).
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// Show live memory instead of allocation totals.
@@ -181,14 +181,18 @@ fn at_peak(snapshot: &Snapshot) -> Result<Snapshot, Error> {
     snapshot.at_peak().ok_or(Error::PeakNotKept)
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<(), Failure> {
     let attribution = cli.attribution.map(|a| match a {
         Attributed::Own => tracealloc::Attribution::OwnCode,
         Attributed::Innermost => tracealloc::Attribution::Innermost,
     });
     // Files keep the call sites of the process that wrote them; the flag re-attributes.
-    let load = |path: &PathBuf| -> Result<Snapshot, Error> {
-        let snapshot = Snapshot::load(path)?;
+    let load = |path: &PathBuf| -> Result<Snapshot, Failure> {
+        // Errors about a file's contents name the file (I/O errors already do).
+        let snapshot = Snapshot::load(path).map_err(|e| match e {
+            Error::Corrupt { .. } => Failure(format!("{}: {e}", path.display())),
+            e => Failure::from(e),
+        })?;
         Ok(match attribution {
             None => snapshot,
             Some(a) => snapshot.with_attribution(a),
@@ -292,18 +296,26 @@ fn run(cli: Cli) -> Result<(), Error> {
             peak,
             temporary,
         } => {
-            load(&file)?
-                .write_flamegraph(&output, metric(Metric::Live, allocated, peak, temporary))?;
-            eprintln!("wrote {}", output.display());
+            refuse_overwrite(&output, &[&file])?;
+            let snapshot = load(&file)?;
+            let m = metric(Metric::Live, allocated, peak, temporary);
+            if is_stdout(&output) {
+                write_stdout(&snapshot.flamegraph_svg(m)?)?;
+            } else {
+                snapshot.write_flamegraph(&output, m)?;
+                eprintln!("wrote {}", output.display());
+            }
         }
         Command::Pprof { file, output, peak } => {
+            refuse_overwrite(&output, &[&file])?;
             let snapshot = load(&file)?;
-            if peak {
-                at_peak(&snapshot)?.write_pprof(&output)?;
+            let snapshot = if peak { at_peak(&snapshot)? } else { snapshot };
+            if is_stdout(&output) {
+                write_stdout(&snapshot.pprof_bytes()?)?;
             } else {
                 snapshot.write_pprof(&output)?;
+                eprintln!("wrote {}", output.display());
             }
-            eprintln!("wrote {}", output.display());
         }
         Command::Dhat {
             file,
@@ -312,9 +324,58 @@ fn run(cli: Cli) -> Result<(), Error> {
             peak,
             temporary,
         } => {
+            refuse_overwrite(&output, &[&file])?;
             let m = metric(Metric::Allocated, false, peak, temporary);
-            load(&file)?.write_dhat(&output, if live { Metric::Live } else { m })?;
-            eprintln!("wrote {}", output.display());
+            let m = if live { Metric::Live } else { m };
+            let snapshot = load(&file)?;
+            if is_stdout(&output) {
+                write_stdout(snapshot.dhat_json(m)?.as_bytes())?;
+            } else {
+                snapshot.write_dhat(&output, m)?;
+                eprintln!("wrote {}", output.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A failure, as the one line printed.
+struct Failure(String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure(e.to_string())
+    }
+}
+
+/// `-o -`: the output goes to stdout.
+fn is_stdout(output: &Path) -> bool {
+    output.as_os_str() == "-"
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure(format!("stdout: {e}")))
+}
+
+/// Refuses an output path that names one of the inputs: the output would destroy it.
+fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<(), Failure> {
+    if is_stdout(output) {
+        return Ok(());
+    }
+    // The output may not exist yet; an existing one is compared by what it resolves to.
+    let Ok(target) = output.canonicalize() else {
+        return Ok(());
+    };
+    for input in inputs {
+        if input.canonicalize().is_ok_and(|i| i == target) {
+            return Err(Failure(format!(
+                "refusing to write the output over its input {} (choose another -o)",
+                input.display()
+            )));
         }
     }
     Ok(())
@@ -325,7 +386,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, whatever the error's own text holds.
-            eprintln!("tracealloc: error: {}", e.to_string().replace('\n', " "));
+            eprintln!("tracealloc: error: {}", e.0.replace('\n', " "));
             ExitCode::FAILURE
         }
     }
