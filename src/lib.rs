@@ -110,9 +110,11 @@ pub use environment::{process_memory, ProcessMemory};
 pub use error::Error;
 pub use format::format_size;
 pub use sample::DEFAULT_SAMPLE_MEAN;
+#[cfg(feature = "flamegraph")]
+pub use snapshot::FlameGraphOptions;
 pub use snapshot::{
-    Attribution, Filter, Frame, GroupBy, Metric, Report, SizeBucket, Snapshot, Statistic,
-    StatisticDiff, Summary, Trace, Traceback,
+    Attribution, DiffReport, Filter, Frame, GroupBy, Metric, Report, SizeBucket, Snapshot,
+    Statistic, StatisticDiff, Summary, Trace, Traceback,
 };
 pub use stack::CaptureMode;
 #[doc(hidden)]

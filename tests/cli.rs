@@ -75,10 +75,30 @@ fn top_prints_tracemalloc_statistics() {
         ok(args!["top", file, "--attribution", "innermost"]),
         ok(args!["top", file])
     );
-    // Filters: excluding the only file leaves nothing.
+    // Live statistics by traceback print each stack too.
     assert_eq!(
-        ok(args!["top", file, "--exclude", "src/*"]),
+        ok(args!["top", file, "--by", "traceback"]),
+        "#1: src/main.rs:41: size=2112 B, count=2, average=1056 B\n  \
+         File \"src/main.rs\", line 41, in app::parse\n  \
+         File \"src/main.rs\", line 12, in app::main\n\
+         Total allocated size: 2112 B\n"
+    );
+    // Filters: excluding the only file leaves nothing, and says so.
+    let out = run(args!["top", file, "--exclude", "src/*"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
         "Total allocated size: 0 B\n"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the filters left no trace of") && !stderr.contains("matched none"),
+        "{stderr}"
+    );
+    let out = run(args!["top", file, "--include", "src/nope*"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--include \"src/nope*\" matched none of the 2 traces"),
+        "{stderr}"
     );
     assert!(ok(args!["top", file, "--include", "src/main.rs", "-n", "1"]).starts_with("#1: "));
 }
@@ -92,7 +112,23 @@ fn diff_compares_two_files() {
     ]);
     assert_eq!(
         out,
-        "[ Top 1 differences ]\nsrc/main.rs:41: size=2112 B (+0 B), count=2 (+0), average=1056 B\n"
+        "[ Top 1 differences ]\nsrc/main.rs:41: size=2112 B (+0 B), count=2 (+0), average=1056 B\n\
+         Total change: +0 B (+0 blocks)\n"
+    );
+    // By traceback, each difference prints its stack.
+    let out = ok(args![
+        "diff",
+        damaged("valid_v1.tracealloc"),
+        damaged("valid.tracealloc"),
+        "--by",
+        "traceback"
+    ]);
+    assert!(
+        out.contains(
+            "average=1056 B\n  File \"src/main.rs\", line 41, in app::parse\n  \
+             File \"src/main.rs\", line 12, in app::main\n"
+        ),
+        "{out}"
     );
 }
 
@@ -104,6 +140,28 @@ fn writers_write_files_the_library_reads_back() {
     assert!(std::fs::read_to_string(&svg)
         .unwrap()
         .contains("app::parse"));
+    // The subtitle says what the picture holds, whose it is, how and when it was taken; labels
+    // too long for their box keep their start, the function's name.
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains(">app: 2112 B in 2 blocks · frame-pointers · 2026-11-30 00:53:20 UTC<"),
+        "{}",
+        &text[..text.len().min(3000)]
+    );
+    assert!(text.contains("truncate_text_right = true"));
+    assert!(text.contains("app::parse (src/main.rs:41)"));
+    // --merge-lines: one box per function.
+    ok(args!["flamegraph", file, "-o", svg, "--merge-lines"]);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("app::parse (src/main.rs)") && !text.contains("src/main.rs:41"));
+    // A file from before format 5 has no time or program to tell.
+    let old = ok(args![
+        "flamegraph",
+        damaged("valid_v4.tracealloc"),
+        "-o",
+        "-"
+    ]);
+    assert!(old.contains(">2112 B in 2 blocks · frame-pointers<"));
     ok(args!["flamegraph", file, "-o", svg, "--allocated"]);
     let pb = temp("p.pb.gz");
     ok(args!["pprof", file, "-o", pb]);
@@ -229,4 +287,79 @@ fn an_output_never_overwrites_its_input_and_dash_is_stdout() {
     let out = run(args!["flamegraph", copy, "-o", "-"]);
     assert!(String::from_utf8(out.stdout).unwrap().contains("<svg"));
     assert!(!Path::new("-").exists(), "no file named -");
+}
+
+/// A snapshot of this process with one big block at one line and many small ones at another,
+/// dumped for the CLI.
+fn two_sites() -> (PathBuf, u32, u32) {
+    let big_line = line!() + 1;
+    let big = vec![0u8; 100_000];
+    let small_line = line!() + 1;
+    let small: Vec<Box<[u8; 24]>> = (0..500).map(|_| Box::new([1u8; 24])).collect();
+    let file = temp("two_sites.tracealloc");
+    tracealloc::take_snapshot()
+        .unwrap()
+        // Only these two lines: the test threads beside this one allocate in this file too.
+        .filter_traces(&[
+            tracealloc::Filter::include("*cli.rs")
+                .unwrap()
+                .lineno(big_line),
+            tracealloc::Filter::include("*cli.rs")
+                .unwrap()
+                .lineno(small_line),
+        ])
+        .dump(&file)
+        .unwrap();
+    drop((big, small));
+    (file, big_line, small_line)
+}
+
+#[global_allocator]
+static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+
+#[test]
+fn sort_by_count_cumulative_and_folded() {
+    let (file, big, small) = two_sites();
+    let first = |out: &str| out.lines().next().unwrap_or_default().to_owned();
+    let by_size = ok(args!["top", file]);
+    assert!(
+        first(&by_size).contains(&format!("cli.rs:{big}: size=97.7 KiB, count=1")),
+        "{by_size}"
+    );
+    let by_count = ok(args!["top", file, "--sort", "count"]);
+    assert!(
+        first(&by_count).contains(&format!("cli.rs:{small}: ")) && by_count.contains("count=501"),
+        "{by_count}"
+    );
+    // Each line's source is printed under it, with --allocated too.
+    let allocated = ok(args!["top", file, "--allocated"]);
+    assert!(
+        allocated.contains("let big = vec![0u8; 100_000];"),
+        "{allocated}"
+    );
+    // Cumulative: the test's own function ranks first, not std's thread start or libtest.
+    let cumulative = ok(args!["top", file, "--cumulative", "--by", "function"]);
+    assert!(first(&cumulative).starts_with("#1: cli::"), "{cumulative}");
+    assert!(
+        !cumulative.contains("std::") && !cumulative.contains("test::"),
+        "{cumulative}"
+    );
+    // Folded stacks: to stdout by default, the same text to a file with -o.
+    let folded = ok(args!["folded", file]);
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.contains(&format!("cli.rs:{big})")) && l.ends_with(" 100000")),
+        "{folded}"
+    );
+    let out = temp("two_sites.folded");
+    ok(args!["folded", file, "-o", out]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), folded);
+    // A view with nothing in it is an error, not an empty file.
+    let none = fails(args![
+        "folded",
+        damaged("valid_v1.tracealloc"),
+        "--allocated"
+    ]);
+    assert!(none.contains("no allocation totals"), "{none}");
 }

@@ -1,11 +1,13 @@
 //! `tracealloc`: look at snapshot files written by `Snapshot::dump` or `TRACEALLOC_DUMP`.
 //!
 //! ```text
-//! tracealloc top FILE [--by line|file|function|traceback|crate] [-n 10] [--include GLOB] [--exclude GLOB]
+//! tracealloc top FILE [--by line|file|function|traceback|crate] [-n 10] [--sort size|count]
+//!                     [--include GLOB] [--exclude GLOB] [--all-frames]
 //!                     [--allocated | --peak | --temporary | --cumulative]
 //! tracealloc report FILE [-n 10]
-//! tracealloc diff OLD NEW [--by ...] [-n 10]
-//! tracealloc flamegraph FILE -o out.svg [--allocated | --peak | --temporary]
+//! tracealloc diff OLD NEW [--by ...] [-n 10] [--sort size|count] [--include GLOB] [--exclude GLOB]
+//! tracealloc folded FILE [-o out.folded] [--allocated | --peak | --temporary] [--merge-lines]
+//! tracealloc flamegraph FILE -o out.svg [--allocated | --peak | --temporary] [--merge-lines]
 //! tracealloc pprof FILE -o out.pb.gz [--peak]
 //! tracealloc dhat FILE -o out.json [--live | --peak | --temporary]
 //! ```
@@ -63,6 +65,83 @@ impl From<By> for GroupBy {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Sort {
+    /// Bytes first (tracemalloc's order).
+    Size,
+    /// Blocks first: where the allocation calls are.
+    Count,
+}
+
+/// Which traces to keep, as tracemalloc's filters.
+#[derive(clap::Args)]
+struct Filters {
+    /// Keep only traces whose call site is in a file matching this glob (repeatable;
+    /// `*` and `?` as in fnmatch).
+    #[arg(long)]
+    include: Vec<String>,
+    /// Drop traces whose call site is in a file matching this glob (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Match the patterns against every frame of a trace, not only its call site.
+    #[arg(long)]
+    all_frames: bool,
+}
+
+impl Filters {
+    /// Applies the filters. A pattern that matches no trace of a non-empty snapshot is said on
+    /// stderr: an empty result from a typo must not pass for a real one.
+    fn apply(&self, snapshot: Snapshot, name: &Path) -> Result<Snapshot, Failure> {
+        if self.include.is_empty() && self.exclude.is_empty() {
+            return Ok(snapshot);
+        }
+        let make = |p: &String, include: bool| -> Result<Filter, Error> {
+            let f = if include {
+                Filter::include(p)?
+            } else {
+                Filter::exclude(p)?
+            };
+            Ok(f.all_frames(self.all_frames))
+        };
+        let filters = self
+            .include
+            .iter()
+            .map(|p| make(p, true))
+            .chain(self.exclude.iter().map(|p| make(p, false)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let traces = snapshot.traces().len();
+        if traces > 0 {
+            let flags = self.include.iter().map(|p| ("include", p));
+            for (flag, pattern) in flags.chain(self.exclude.iter().map(|p| ("exclude", p))) {
+                if snapshot
+                    .filter_traces(&[make(pattern, true)?])
+                    .traces()
+                    .is_empty()
+                {
+                    let frames = if self.all_frames {
+                        "a frame"
+                    } else {
+                        "a call site (--all-frames matches any frame)"
+                    };
+                    eprintln!(
+                        "tracealloc: --{flag} {pattern:?} matched none of the {traces} traces \
+                         in {} by {frames}",
+                        name.display()
+                    );
+                }
+            }
+        }
+        let kept = snapshot.filter_traces(&filters);
+        if traces > 0 && kept.traces().is_empty() {
+            eprintln!(
+                "tracealloc: the filters left no trace of {} ({traces} before)",
+                name.display()
+            );
+        }
+        Ok(kept)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// The biggest groups of live memory, as tracemalloc's statistics.
@@ -75,12 +154,11 @@ enum Command {
         /// How many groups to print.
         #[arg(short = 'n', long, default_value_t = 10)]
         limit: usize,
-        /// Keep only traces with a frame in files matching this glob (repeatable).
-        #[arg(long)]
-        include: Vec<String>,
-        /// Drop traces with a frame in files matching this glob (repeatable).
-        #[arg(long)]
-        exclude: Vec<String>,
+        /// Rank the groups by bytes or by blocks (default: bytes; blocks with --temporary).
+        #[arg(long, value_enum)]
+        sort: Option<Sort>,
+        #[command(flatten)]
+        filters: Filters,
         /// Count everything allocated since tracing started, not only live memory.
         #[arg(long, conflicts_with_all = ["cumulative", "peak", "temporary"])]
         allocated: bool,
@@ -115,6 +193,33 @@ enum Command {
         /// How many groups to print.
         #[arg(short = 'n', long, default_value_t = 10)]
         limit: usize,
+        /// Rank by the change in bytes or in blocks.
+        #[arg(long, value_enum, default_value = "size")]
+        sort: Sort,
+        /// The same filters applied to both snapshots.
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Folded stacks (`root;caller;call site BYTES` a line) for flamegraph.pl, inferno,
+    /// speedscope: live memory, or --allocated, --peak, --temporary.
+    Folded {
+        /// Snapshot file.
+        file: PathBuf,
+        /// Output file (default and `-`: stdout).
+        #[arg(short = 'o', long, default_value = "-")]
+        output: PathBuf,
+        /// Everything allocated since tracing started instead of live memory.
+        #[arg(long, conflicts_with_all = ["peak", "temporary"])]
+        allocated: bool,
+        /// What was live at the traced peak.
+        #[arg(long, conflicts_with = "temporary")]
+        peak: bool,
+        /// Temporary allocations.
+        #[arg(long)]
+        temporary: bool,
+        /// One frame per function instead of one per line: `function (file)`.
+        #[arg(long)]
+        merge_lines: bool,
     },
     /// An SVG flame graph of live memory (or, with --allocated, of all allocations).
     Flamegraph {
@@ -132,6 +237,9 @@ enum Command {
         /// Show temporary allocations.
         #[arg(long)]
         temporary: bool,
+        /// One box per function instead of one per line.
+        #[arg(long)]
+        merge_lines: bool,
     },
     /// A gzipped pprof profile (go tool pprof, Pyroscope, Parca, Grafana, speedscope).
     Pprof {
@@ -203,8 +311,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             file,
             by,
             limit,
-            include,
-            exclude,
+            sort,
+            filters,
             allocated,
             peak,
             temporary,
@@ -212,81 +320,93 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let snapshot = load(&file)?;
             let snapshot = if peak { at_peak(&snapshot)? } else { snapshot };
-            let filters = include
-                .iter()
-                .map(|p| Filter::include(p))
-                .chain(exclude.iter().map(|p| Filter::exclude(p)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let snapshot = snapshot.filter_traces(&filters);
-            if temporary {
+            let snapshot = filters.apply(snapshot, &file)?;
+            let report = if temporary {
                 let report = snapshot
                     .temporary_report(by.into(), limit)
                     .ok_or(Error::TemporariesUnknown)?;
                 if report.top().is_empty() {
                     println!("no temporary allocations");
-                } else {
-                    println!("{}", report.to_string().trim_end());
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            if !allocated && !cumulative {
+                report
+            } else if allocated {
+                snapshot
+                    .allocation_report(by.into(), limit)
+                    .ok_or(Error::AllocationTotalsUnknown)?
+            } else if cumulative {
+                snapshot.cumulative_report(by.into(), limit)
+            } else {
                 // tracemalloc's layout: notes, the top lines with their source, the rest, the
                 // total.
-                println!("{}", snapshot.report(by.into(), limit));
-                return Ok(());
-            }
-            for note in snapshot.notes() {
-                println!("note: {note}");
-            }
-            let stats = if allocated {
-                snapshot
-                    .allocation_statistics(by.into())
-                    .ok_or(Error::AllocationTotalsUnknown)?
-            } else {
-                snapshot.cumulative_statistics(by.into())
+                snapshot.report(by.into(), limit)
             };
-            for (i, stat) in stats.iter().take(limit).enumerate() {
-                println!("#{}: {stat}", i + 1);
-                if matches!(by, By::Traceback) {
-                    for line in stat.traceback.format(None, true) {
-                        println!("{line}");
-                    }
-                }
-            }
-            if allocated {
-                // Groups of allocation totals are disjoint, so the rest and the total add up
-                // (cumulative groups overlap, so they would not).
-                let rest = stats.get(limit..).unwrap_or_default();
-                if !rest.is_empty() {
-                    let size: usize = rest.iter().map(|s| s.size).sum();
-                    println!(
-                        "{} other: {}",
-                        rest.len(),
-                        tracealloc::format_size(size as f64, false)
-                    );
-                }
-                let total: usize = stats.iter().map(|s| s.size).sum();
-                println!(
-                    "Total allocated since tracing started: {}",
-                    tracealloc::format_size(total as f64, false)
-                );
-            }
+            let report = match sort {
+                None => report,
+                Some(Sort::Size) => report.by_size(),
+                Some(Sort::Count) => report.by_count(),
+            };
+            println!("{}", report.to_string().trim_end());
         }
         Command::Report { file, limit } => {
             print!("{}", load(&file)?.summary(limit));
         }
         Command::Diff {
-            old,
-            new,
+            old: old_path,
+            new: new_path,
             by,
             limit,
+            sort,
+            filters,
         } => {
-            let old = load(&old)?;
-            let new = load(&new)?;
-            let diffs = new.compare_to(&old, by.into());
-            println!("[ Top {} differences ]", limit.min(diffs.len()));
-            for diff in diffs.iter().take(limit) {
-                println!("{diff}");
+            let old = filters.apply(load(&old_path)?, &old_path)?;
+            let new = filters.apply(load(&new_path)?, &new_path)?;
+            let report = new.compare_report(&old, by.into(), limit);
+            let report = match sort {
+                Sort::Size => report,
+                Sort::Count => report.by_count(),
+            };
+            println!("{report}");
+        }
+        Command::Folded {
+            file,
+            output,
+            allocated,
+            peak,
+            temporary,
+            merge_lines,
+        } => {
+            refuse_overwrite(&output, &[&file])?;
+            let snapshot = load(&file)?;
+            let m = metric(Metric::Live, allocated, peak, temporary);
+            let lines = if merge_lines {
+                snapshot.folded_by_function(m)?
+            } else {
+                snapshot.folded(m)?
+            };
+            if lines.is_empty() {
+                let what = match m {
+                    Metric::Allocated => "allocated since tracing started",
+                    Metric::Peak => "live at the peak",
+                    Metric::Temporary => "of temporary allocations",
+                    _ => "live at the snapshot",
+                };
+                return Err(Failure(format!("{}: no memory {what}", file.display())));
+            }
+            let mut text = lines.join("\n");
+            text.push('\n');
+            if is_stdout(&output) {
+                write_stdout(text.as_bytes())?;
+            } else {
+                // Written beside the target and renamed: a failure never leaves half a file.
+                let partial = output.with_extension(format!("partial-{}", std::process::id()));
+                std::fs::write(&partial, text)
+                    .and_then(|()| std::fs::rename(&partial, &output))
+                    .map_err(|e| {
+                        let _ = std::fs::remove_file(&partial);
+                        Failure(format!("{}: {e}", output.display()))
+                    })?;
+                eprintln!("wrote {}", output.display());
             }
         }
         Command::Flamegraph {
@@ -295,14 +415,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             allocated,
             peak,
             temporary,
+            merge_lines,
         } => {
             refuse_overwrite(&output, &[&file])?;
             let snapshot = load(&file)?;
             let m = metric(Metric::Live, allocated, peak, temporary);
+            let options = tracealloc::FlameGraphOptions::default().merge_lines(merge_lines);
             if is_stdout(&output) {
-                write_stdout(&snapshot.flamegraph_svg(m)?)?;
+                write_stdout(&snapshot.flamegraph_svg_with(m, &options)?)?;
             } else {
-                snapshot.write_flamegraph(&output, m)?;
+                snapshot.write_flamegraph_with(&output, m, &options)?;
                 eprintln!("wrote {}", output.display());
             }
         }
@@ -356,9 +478,11 @@ fn is_stdout(output: &Path) -> bool {
 fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
-        .map_err(|e| Failure(format!("stdout: {e}")))
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        // `| head` closed the pipe: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(|e| Failure(format!("stdout: {e}"))),
+    }
 }
 
 /// Refuses an output path that names one of the inputs: the output would destroy it.

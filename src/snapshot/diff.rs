@@ -58,6 +58,16 @@ impl Snapshot {
         )
     }
 
+    /// [`compare_to`](Self::compare_to) as a printable top-`limit` report: the header
+    /// "[ Top N differences ]", each group with its source line (its whole traceback for
+    /// `GroupBy::Traceback`), then the net change of the groups not shown and of all.
+    pub fn compare_report(&self, old: &Snapshot, group_by: GroupBy, limit: usize) -> DiffReport {
+        DiffReport {
+            diffs: self.compare_to(old, group_by),
+            limit,
+        }
+    }
+
     /// As [`compare_to`](Self::compare_to), on cumulative statistics.
     pub fn compare_to_cumulative(&self, old: &Snapshot, group_by: GroupBy) -> Vec<StatisticDiff> {
         diff(
@@ -65,6 +75,78 @@ impl Snapshot {
             old.cumulative_statistics(group_by),
             group_by,
             self.sampled().is_some() || old.sampled().is_some(),
+        )
+    }
+}
+
+/// The top of a comparison, printable (see [`Snapshot::compare_report`]).
+#[derive(Clone, Debug)]
+pub struct DiffReport {
+    diffs: Vec<StatisticDiff>,
+    limit: usize,
+}
+
+impl DiffReport {
+    /// The differences shown (at most the limit).
+    pub fn top(&self) -> &[StatisticDiff] {
+        &self.diffs[..self.limit.min(self.diffs.len())]
+    }
+
+    /// The same report ranked by the change in block count (then in size) instead of size.
+    pub fn by_count(mut self) -> DiffReport {
+        self.diffs.sort_by(|a, b| {
+            let key = |d: &StatisticDiff| {
+                (
+                    d.count_diff.unsigned_abs(),
+                    d.count,
+                    d.size_diff.unsigned_abs(),
+                    d.size,
+                )
+            };
+            key(b)
+                .cmp(&key(a))
+                .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
+        });
+        self
+    }
+}
+
+impl fmt::Display for DiffReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let top = self.top();
+        writeln!(f, "[ Top {} differences ]", top.len())?;
+        for diff in top {
+            writeln!(f, "{diff}")?;
+            if diff.group_by == GroupBy::Traceback {
+                super::statistics::write_traceback(f, &diff.traceback)?;
+            } else {
+                super::statistics::write_source(f, &diff.traceback)?;
+            }
+        }
+        let t = approx(self.diffs.iter().any(|d| d.estimated));
+        let sum = |diffs: &[StatisticDiff]| -> (i64, i64) {
+            diffs.iter().fold((0i64, 0i64), |(s, c), d| {
+                (
+                    s.saturating_add(d.size_diff),
+                    c.saturating_add(d.count_diff),
+                )
+            })
+        };
+        let rest = &self.diffs[top.len()..];
+        if !rest.is_empty() {
+            let (size, count) = sum(rest);
+            writeln!(
+                f,
+                "{} other: {t}{} ({t}{count:+} blocks)",
+                rest.len(),
+                format_size(size as f64, true)
+            )?;
+        }
+        let (size, count) = sum(&self.diffs);
+        write!(
+            f,
+            "Total change: {t}{} ({t}{count:+} blocks)",
+            format_size(size as f64, true)
         )
     }
 }

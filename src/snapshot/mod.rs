@@ -8,8 +8,11 @@ mod statistics;
 mod summary;
 mod traceback;
 
+pub use diff::DiffReport;
 pub use diff::StatisticDiff;
 pub use filter::Filter;
+#[cfg(feature = "flamegraph")]
+pub use output::FlameGraphOptions;
 pub use output::Metric;
 #[cfg(feature = "http")]
 pub(crate) use output::{encode_pprof, PprofDefault};

@@ -151,27 +151,48 @@ impl Snapshot {
     /// outermost first. Stacks that print the same are merged; lines are sorted. A `;` inside a
     /// name (as in `[u8; 4]`) is written `,`, since `;` separates frames.
     pub fn folded(&self, metric: Metric) -> Result<Vec<String>, Error> {
+        self.folded_lines(metric, false).map(|(lines, _)| lines)
+    }
+
+    /// As [`folded`](Self::folded), with each function's lines merged: frames written
+    /// `function (file)`, so a function that allocates at several lines (or calls on from
+    /// several) is one box in a flame graph.
+    pub fn folded_by_function(&self, metric: Metric) -> Result<Vec<String>, Error> {
+        self.folded_lines(metric, true).map(|(lines, _)| lines)
+    }
+
+    /// The folded lines, and the bytes and blocks they add up to.
+    fn folded_lines(
+        &self,
+        metric: Metric,
+        merge_lines: bool,
+    ) -> Result<(Vec<String>, (u64, u64)), Error> {
         // The tracer's own work, not the program's: untraced (frees still forget).
         let _quiet = crate::guard::Guard::enter();
         let mut merged: HashMap<String, u64> = HashMap::new();
+        let mut sums = (0u64, 0u64);
         for row in self.rows(metric)? {
             let line = row
                 .traceback
                 .frames()
                 .iter()
                 .rev()
-                .map(frame_label)
+                .map(|f| frame_label(f, merge_lines))
                 .collect::<Vec<_>>()
                 .join(";");
             let sum = merged.entry(line).or_default();
             *sum = sum.saturating_add(row.bytes);
+            sums = (
+                sums.0.saturating_add(row.bytes),
+                sums.1.saturating_add(row.blocks),
+            );
         }
         let mut lines: Vec<String> = merged
             .into_iter()
             .map(|(stack, bytes)| format!("{stack} {bytes}"))
             .collect();
         lines.sort();
-        Ok(lines)
+        Ok((lines, sums))
     }
 
     /// Writes [`folded`](Self::folded) to `path`, one stack a line.
@@ -193,31 +214,171 @@ impl Snapshot {
     /// The flame graph's SVG text.
     #[cfg(feature = "flamegraph")]
     pub fn flamegraph_svg(&self, metric: Metric) -> Result<Vec<u8>, Error> {
+        self.flamegraph_svg_with(metric, &FlameGraphOptions::default())
+    }
+
+    /// The flame graph's SVG text, drawn as `options` say. Its subtitle gives the program, the
+    /// bytes and blocks shown (`~` when sampled), how stacks were captured and when the
+    /// snapshot was taken, then the snapshot's first note; labels too long for their box are
+    /// cut at the right, so the function's name stays.
+    #[cfg(feature = "flamegraph")]
+    pub fn flamegraph_svg_with(
+        &self,
+        metric: Metric,
+        options: &FlameGraphOptions,
+    ) -> Result<Vec<u8>, Error> {
         // The tracer's own work, not the program's: untraced (frees still forget).
         let _quiet = crate::guard::Guard::enter();
-        let lines = self.folded(metric)?;
-        let mut options = inferno::flamegraph::Options::default();
-        options.title = format!("tracealloc: heap {}", metric.describe());
-        options.count_name = "bytes".to_owned();
-        options.subtitle = self.notes().first().cloned();
-        let mut svg = Vec::new();
+        let (lines, (bytes, blocks)) = self.folded_lines(metric, options.merge_lines)?;
         if lines.is_empty() {
             return Err(Error::Empty {
                 what: format!("no memory {}", metric.describe()),
             });
         }
-        inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
-            .map_err(|e| Error::Output {
+        let mut inferno_options = inferno::flamegraph::Options::default();
+        inferno_options.title = options
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("tracealloc: heap {}", metric.describe()));
+        inferno_options.count_name = "bytes".to_owned();
+        inferno_options.subtitle = Some(self.flamegraph_subtitle(bytes, blocks));
+        inferno_options.text_truncate_direction = inferno::flamegraph::TextTruncateDirection::Right;
+        let mut svg = Vec::new();
+        inferno::flamegraph::from_lines(
+            &mut inferno_options,
+            lines.iter().map(String::as_str),
+            &mut svg,
+        )
+        .map_err(|e| Error::Output {
             format: "flame graph",
             reason: e.to_string(),
         })?;
         Ok(svg)
     }
+
+    /// Writes [`flamegraph_svg_with`](Self::flamegraph_svg_with) to `path`.
+    #[cfg(feature = "flamegraph")]
+    pub fn write_flamegraph_with(
+        &self,
+        path: impl AsRef<Path>,
+        metric: Metric,
+        options: &FlameGraphOptions,
+    ) -> Result<(), Error> {
+        let svg = self.flamegraph_svg_with(metric, options)?;
+        super::persist::write_atomically(path.as_ref(), &svg)
+    }
+
+    /// `trial: 39.0 MiB in 345,033 blocks · frame-pointers · 2026-12-03 17:31:02 UTC · note: …`
+    #[cfg(feature = "flamegraph")]
+    fn flamegraph_subtitle(&self, bytes: u64, blocks: u64) -> String {
+        let t = super::statistics::approx(self.sampled().is_some());
+        let mut parts = Vec::new();
+        let program = self.program().map(|p| {
+            Path::new(p)
+                .file_name()
+                .map_or(p.to_owned(), |n| n.to_string_lossy().into_owned())
+        });
+        let figures = format!(
+            "{t}{} in {t}{} blocks",
+            crate::format::format_size(bytes as f64, false),
+            thousands(blocks)
+        );
+        parts.push(match program {
+            Some(program) => format!("{program}: {figures}"),
+            None => figures,
+        });
+        parts.push(match self.sampled() {
+            Some(mean) => format!(
+                "{}, sampled every {} on average",
+                self.capture_mode(),
+                crate::format::format_size(mean as f64, false)
+            ),
+            None => self.capture_mode().to_string(),
+        });
+        if let Some(at) = self.taken_at() {
+            parts.push(utc(at));
+        }
+        if let Some(note) = self.notes().first() {
+            parts.push(format!("note: {note}"));
+        }
+        parts.join(" · ")
+    }
 }
 
-/// `function (file:line)`, with no `;` (the folded format's frame separator).
-fn frame_label(frame: &Frame) -> String {
-    format!("{} ({}:{})", frame.function, frame.filename, frame.lineno).replace(';', ",")
+/// How [`Snapshot::flamegraph_svg_with`] draws.
+#[cfg(feature = "flamegraph")]
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct FlameGraphOptions {
+    /// One box per function instead of one per line: frames labelled `function (file)`.
+    pub merge_lines: bool,
+    /// The title instead of "tracealloc: heap live at the snapshot" (and so on).
+    pub title: Option<String>,
+}
+
+#[cfg(feature = "flamegraph")]
+impl FlameGraphOptions {
+    /// Merges each function's lines into one box (see [`Snapshot::folded_by_function`]).
+    pub fn merge_lines(mut self, merge: bool) -> FlameGraphOptions {
+        self.merge_lines = merge;
+        self
+    }
+
+    /// Sets the title.
+    pub fn title(mut self, title: impl Into<String>) -> FlameGraphOptions {
+        self.title = Some(title.into());
+        self
+    }
+}
+
+/// `1234567` as `1,234,567`.
+#[cfg(feature = "flamegraph")]
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A wall-clock time as `2026-12-03 17:31:02 UTC` (the proleptic Gregorian calendar, from
+/// days since 1970 by the usual era arithmetic).
+#[cfg(feature = "flamegraph")]
+fn utc(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Shift the epoch to 0000-03-01 so leap days fall at the end of a year.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+/// `function (file:line)` (or `function (file)` with the lines merged), with no `;` (the
+/// folded format's frame separator).
+fn frame_label(frame: &Frame, merge_lines: bool) -> String {
+    if merge_lines {
+        format!("{} ({})", frame.function, frame.filename).replace(';', ",")
+    } else {
+        format!("{} ({}:{})", frame.function, frame.filename, frame.lineno).replace(';', ",")
+    }
 }
 
 #[cfg(feature = "pprof")]
@@ -731,5 +892,27 @@ mod tests {
             .collect();
         assert_eq!(lines, [vec![10, 20], vec![30]]);
         assert_eq!(profile.sample[0].location_id.len(), 2);
+    }
+}
+
+#[cfg(all(test, feature = "flamegraph"))]
+mod subtitle_tests {
+    use super::{thousands, utc};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn dates_and_thousands() {
+        let at = |secs| utc(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01 00:00:00 UTC");
+        // `date -u -d @951782400`: the leap day of a year divisible by 400.
+        assert_eq!(at(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(at(1_796_319_062), "2026-12-03 17:31:02 UTC");
+        assert_eq!(at(4_107_542_399), "2100-02-28 23:59:59 UTC");
+        assert_eq!(at(4_107_542_400), "2100-03-01 00:00:00 UTC");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(345_033), "345,033");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

@@ -325,8 +325,32 @@ impl Snapshot {
             notes: self.notes(),
             stats: self.temporary_statistics(group_by)?,
             limit,
-            total_line: false,
+            totals: Totals::Rest,
         })
+    }
+
+    /// [`allocation_statistics`](Self::allocation_statistics) as a printable top-`limit`
+    /// report: each line with its source, the rest summed, and "Total allocated since tracing
+    /// started"; `None` when the snapshot does not know.
+    pub fn allocation_report(&self, group_by: GroupBy, limit: usize) -> Option<Report> {
+        Some(Report {
+            notes: self.notes(),
+            stats: self.allocation_statistics(group_by)?,
+            limit,
+            totals: Totals::Allocated,
+        })
+    }
+
+    /// [`cumulative_statistics`](Self::cumulative_statistics) as a printable top-`limit`
+    /// report. Cumulative groups overlap (a caller's figure includes its callees'), so it sums
+    /// neither the rest nor a total.
+    pub fn cumulative_report(&self, group_by: GroupBy, limit: usize) -> Report {
+        Report {
+            notes: self.notes(),
+            stats: self.cumulative_statistics(group_by),
+            limit,
+            totals: Totals::None,
+        }
     }
 
     /// Groups one figure of each stack's totals (stacks without blocks in it left out),
@@ -377,7 +401,10 @@ impl Snapshot {
     /// Cumulative statistics: each trace counts toward every distinct key among the frames of
     /// its traceback (call site outward, up to the traceback limit), so a function's figure
     /// includes what its callees allocated. A frame that appears several times in one stack
-    /// (recursion) counts once, unlike tracemalloc's `cumulative=True`. With
+    /// (recursion) counts once, unlike tracemalloc's `cumulative=True`. Only the program's own
+    /// frames and its dependencies' count: the toolchain's and the C runtime's (`main`'s
+    /// `std::rt::lang_start`, a thread's start) hold everything and would rank first, telling
+    /// nothing (a stack with none of those counts for its call site). With
     /// `GroupBy::Traceback` every trace has one key, its whole traceback, so this equals
     /// [`statistics`](Self::statistics).
     pub fn cumulative_statistics(&self, group_by: GroupBy) -> Vec<Statistic> {
@@ -386,11 +413,16 @@ impl Snapshot {
         }
         let mut groups = Groups::default();
         for (traceback, size, count) in self.per_stack() {
+            use crate::stack::origin::{of_frame, Kind};
             let mut keys: Vec<Traceback> = traceback
                 .shown()
                 .iter()
+                .filter(|frame| matches!(of_frame(frame), Kind::Own | Kind::Dependency))
                 .map(|frame| group_by.key_of_frame(frame))
                 .collect();
+            if keys.is_empty() {
+                keys.push(group_by.key_of_frame(traceback.call_site()));
+            }
             keys.sort_by(|a, b| a.shown().cmp(&b.shown()));
             keys.dedup();
             let via = traceback.via_frame().map(|f| &f.function);
@@ -415,9 +447,22 @@ impl Snapshot {
             notes,
             stats: self.statistics(group_by),
             limit,
-            total_line: true,
+            totals: Totals::Live,
         }
     }
+}
+
+/// What a [`Report`] sums after its top lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Totals {
+    /// The rest, and "Total allocated size" (tracemalloc's wording for live memory).
+    Live,
+    /// The rest, and "Total allocated since tracing started".
+    Allocated,
+    /// The rest with its blocks; no total line.
+    Rest,
+    /// Nothing: the groups overlap (cumulative statistics).
+    None,
 }
 
 /// The top of a snapshot's statistics, printable (see [`Snapshot::report`]).
@@ -426,14 +471,36 @@ pub struct Report {
     pub(crate) notes: Vec<String>,
     pub(crate) stats: Vec<Statistic>,
     pub(crate) limit: usize,
-    /// Whether the last line sums the sizes ("Total allocated size", tracemalloc's wording).
-    pub(crate) total_line: bool,
+    /// What the last lines sum.
+    pub(crate) totals: Totals,
 }
 
 impl Report {
     /// The statistics shown (at most the limit).
     pub fn top(&self) -> &[Statistic] {
         &self.stats[..self.limit.min(self.stats.len())]
+    }
+
+    /// The same report with the groups ranked by block count (then size): where the
+    /// allocation *calls* are, which is what costs time.
+    pub fn by_count(mut self) -> Report {
+        self.stats.sort_by(|a, b| {
+            (b.count, b.size)
+                .cmp(&(a.count, a.size))
+                .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
+        });
+        self
+    }
+
+    /// The same report with the groups ranked by size (then block count), as
+    /// [`Snapshot::report`] ranks them.
+    pub fn by_size(mut self) -> Report {
+        self.stats.sort_by(|a, b| {
+            (b.size, b.count)
+                .cmp(&(a.size, a.count))
+                .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
+        });
+        self
     }
 }
 
@@ -444,14 +511,10 @@ impl fmt::Display for Report {
         }
         for (i, stat) in self.top().iter().enumerate() {
             writeln!(f, "#{}: {stat}", i + 1)?;
-            let site = stat.traceback.call_site();
-            if let Some(line) = stat
-                .traceback
-                .format(Some(1), true)
-                .get(1)
-                .filter(|_| site.lineno > 0)
-            {
-                writeln!(f, "  {}", line.trim_start())?;
+            if stat.group_by == GroupBy::Traceback {
+                write_traceback(f, &stat.traceback)?;
+            } else {
+                write_source(f, &stat.traceback)?;
             }
             if stat.group_by != GroupBy::Crate {
                 if let Some((via, krate)) = stat.via() {
@@ -463,32 +526,81 @@ impl fmt::Display for Report {
                 }
             }
         }
+        let t = approx(self.stats.iter().any(|s| s.estimated));
         let rest = &self.stats[self.top().len()..];
-        if !rest.is_empty() {
+        if !rest.is_empty() && self.totals != Totals::None {
             let size: usize = rest.iter().map(|s| s.size).sum();
             write!(
                 f,
-                "{} other: {}",
+                "{} other: {t}{}",
                 rest.len(),
                 format_size(size as f64, false)
             )?;
-            if self.total_line {
-                writeln!(f)?;
-            } else {
+            if self.totals == Totals::Rest {
                 let count: usize = rest.iter().map(|s| s.count).sum();
-                write!(f, " in {count} blocks")?;
+                write!(f, " in {t}{count} blocks")?;
+            } else {
+                writeln!(f)?;
             }
         }
-        if !self.total_line {
-            return Ok(());
-        }
+        let label = match self.totals {
+            Totals::Live => "Total allocated size",
+            Totals::Allocated => "Total allocated since tracing started",
+            Totals::Rest | Totals::None => return Ok(()),
+        };
         let total: usize = self.stats.iter().map(|s| s.size).sum();
-        write!(
-            f,
-            "Total allocated size: {}",
-            format_size(total as f64, false)
-        )
+        write!(f, "{label}: {t}{}", format_size(total as f64, false))
     }
+}
+
+/// A whole traceback, call site first, in [`Traceback::format`]'s lines, except that a run of
+/// two or more frames of the toolchain or the C runtime (iterator adapters, `collect`'s
+/// specialisations, `lang_start`) prints as one line naming their crates: the program's
+/// frames and its dependencies' stay readable in a 20-frame stack.
+pub(crate) fn write_traceback(f: &mut fmt::Formatter<'_>, traceback: &Traceback) -> fmt::Result {
+    use crate::stack::origin::{crate_of, of_frame, Kind};
+    let frames: Vec<&Frame> = traceback.shown().iter().collect();
+    let quiet = |frame: &Frame| !matches!(of_frame(frame), Kind::Own | Kind::Dependency);
+    let mut i = 0;
+    while i < frames.len() {
+        let run = frames[i..].iter().take_while(|f| quiet(f)).count();
+        if run >= 2 {
+            let mut crates: Vec<String> = Vec::new();
+            for frame in &frames[i..i + run] {
+                let name = crate_of(frame, of_frame(frame)).to_string();
+                if !crates.contains(&name) {
+                    crates.push(name);
+                }
+            }
+            writeln!(f, "  ... {run} frames in {}", crates.join(", "))?;
+            i += run;
+            continue;
+        }
+        let frame = frames[i];
+        writeln!(
+            f,
+            "  File \"{}\", line {}, in {}",
+            frame.filename, frame.lineno, frame.function
+        )?;
+        if let Some(source) = super::traceback::source_line(frame) {
+            writeln!(f, "    {source}")?;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The call site's source line, indented, when its file is readable.
+pub(crate) fn write_source(f: &mut fmt::Formatter<'_>, traceback: &Traceback) -> fmt::Result {
+    let site = traceback.call_site();
+    if let Some(line) = traceback
+        .format(Some(1), true)
+        .get(1)
+        .filter(|_| site.lineno > 0)
+    {
+        writeln!(f, "  {}", line.trim_start())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -642,6 +754,47 @@ mod tests {
         assert_eq!(
             by_function.to_string(),
             "app::parse_table (src/parse.rs): size=64 B, count=1, average=64 B"
+        );
+    }
+
+    /// A sampled snapshot's totals are estimates and say so, as its lines do.
+    #[test]
+    fn estimated_totals_carry_the_mark() {
+        let estimated = |size, count| Statistic {
+            estimated: true,
+            ..stat(size, count)
+        };
+        let report = |totals| Report {
+            notes: Vec::new(),
+            stats: vec![estimated(4096, 2), estimated(1024, 8)],
+            limit: 1,
+            totals,
+        };
+        assert_eq!(
+            report(Totals::Live).to_string(),
+            "#1: src/main.rs:12: size=~4096 B, count=~2, average=~2048 B\n\
+             1 other: ~1024 B\n\
+             Total allocated size: ~5120 B"
+        );
+        assert!(report(Totals::Rest)
+            .to_string()
+            .ends_with("1 other: ~1024 B in ~8 blocks"));
+        // By count, the 8 small blocks come first; the cumulative form sums nothing.
+        let by_count = report(Totals::None).by_count().to_string();
+        assert_eq!(
+            by_count,
+            "#1: src/main.rs:12: size=~1024 B, count=~8, average=~128 B\n"
+        );
+        // Exact figures have no mark.
+        let exact = Report {
+            notes: Vec::new(),
+            stats: vec![stat(4096, 2)],
+            limit: 0,
+            totals: Totals::Allocated,
+        };
+        assert_eq!(
+            exact.to_string(),
+            "1 other: 4096 B\nTotal allocated since tracing started: 4096 B"
         );
     }
 }

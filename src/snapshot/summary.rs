@@ -46,7 +46,7 @@ fn section(out: &mut String, title: &str, stats: Vec<Statistic>, limit: usize) {
         notes: Vec::new(),
         stats,
         limit,
-        total_line: false,
+        totals: super::statistics::Totals::Rest,
     };
     out.push_str(title);
     out.push('\n');
