@@ -21,6 +21,9 @@ pub struct TimelineSample {
     pub peak: usize,
     /// Resident bytes of the process (Linux); `None` where it cannot be read.
     pub resident: Option<usize>,
+    /// Bytes of the tracer's own tables at that moment ([`tracer_memory`](crate::tracer_memory)):
+    /// what tracing costs in memory, beside what it explains.
+    pub tracer: usize,
 }
 
 /// A running sampler: traced memory (current and peak) and resident memory, every
@@ -67,6 +70,7 @@ impl Timeline {
                         current: memory.current,
                         peak: memory.peak,
                         resident: crate::environment::process_memory().map(|m| m.resident),
+                        tracer: crate::control::tracer_memory(),
                     });
                     if flag.load(Ordering::Acquire) {
                         return samples;
@@ -115,18 +119,20 @@ impl TimelineSeries {
             .reduce(|best, s| if s.current > best.current { s } else { best })
     }
 
-    /// CSV: a header, then `seconds,current_bytes,peak_bytes,resident_bytes` a sample
-    /// (resident empty where unknown).
+    /// CSV: a header, then `seconds,current_bytes,peak_bytes,resident_bytes,tracer_bytes` a
+    /// sample (resident empty where unknown).
     pub fn to_csv(&self) -> String {
-        let mut out = String::from("seconds,current_bytes,peak_bytes,resident_bytes\n");
+        let mut out =
+            String::from("seconds,current_bytes,peak_bytes,resident_bytes,tracer_bytes\n");
         for s in &self.samples {
             let resident = s.resident.map(|r| r.to_string()).unwrap_or_default();
             out.push_str(&format!(
-                "{:.6},{},{},{}\n",
+                "{:.6},{},{},{},{}\n",
                 s.at.as_secs_f64(),
                 s.current,
                 s.peak,
-                resident
+                resident,
+                s.tracer
             ));
         }
         out
@@ -139,8 +145,8 @@ impl TimelineSeries {
         crate::snapshot::write_atomically(path.as_ref(), self.to_csv().as_bytes())
     }
 
-    /// An SVG line chart: traced memory and resident memory (MiB) over time (seconds), the
-    /// highest traced sample marked and labelled.
+    /// An SVG line chart: traced memory, resident memory and the tracer's own tables (MiB)
+    /// over time (seconds), the highest traced sample marked and labelled.
     #[cfg(feature = "timeline")]
     pub fn svg(&self) -> Result<String, Error> {
         // The tracer's own work, not the program's: untraced (frees still forget).
@@ -160,7 +166,7 @@ impl TimelineSeries {
         let top = self
             .samples
             .iter()
-            .map(|s| s.current.max(s.resident.unwrap_or(0)))
+            .map(|s| s.current.max(s.resident.unwrap_or(0)).max(s.tracer))
             .max()
             .unwrap_or(0) as f64
             / MIB;
@@ -201,6 +207,16 @@ impl TimelineSeries {
                     .label("resident (RSS)")
                     .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
             }
+            let tracer = self
+                .samples
+                .iter()
+                .map(|s| (s.at.as_secs_f64(), s.tracer as f64 / MIB));
+            let orange = RGBColor(230, 120, 0);
+            chart
+                .draw_series(LineSeries::new(tracer, orange.stroke_width(2)))
+                .map_err(|e| fail(&e))?
+                .label("tracer's tables")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange));
             let point = (highest.at.as_secs_f64(), highest.current as f64 / MIB);
             let label = format!(
                 "peak {} at {:.2} s",
@@ -229,5 +245,140 @@ impl TimelineSeries {
     #[cfg(feature = "timeline")]
     pub fn write_svg(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         crate::snapshot::write_atomically(path.as_ref(), self.svg()?.as_bytes())
+    }
+}
+
+/// `TRACEALLOC_TIMELINE=path` (`.csv`, or `.svg` with the feature `timeline`): a timeline
+/// from the start of the program to its exit, with no code. `TRACEALLOC_TIMELINE_INTERVAL=ms`
+/// sets the interval (default 10 ms, at least 1).
+#[cfg(target_os = "linux")]
+mod from_environment {
+    use super::Timeline;
+    use crate::stack::capture::say;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// The running timeline and where it goes at exit.
+    static RUNNING: Mutex<Option<(Timeline, String)>> = Mutex::new(None);
+
+    #[used]
+    #[link_section = ".init_array"]
+    static START: extern "C" fn() = start;
+
+    extern "C" fn start() {
+        // Only reads the environment here: the sampler starts from a thread of its own, so
+        // nothing runs before `main` on the main thread but this check.
+        if std::env::var_os("TRACEALLOC_TIMELINE").is_none_or(|v| v.is_empty()) {
+            return;
+        }
+        // SAFETY: a plain detached thread; `launch` never unwinds (it catches panics).
+        unsafe {
+            let mut thread: libc::pthread_t = std::mem::zeroed();
+            if libc::pthread_create(&mut thread, std::ptr::null(), launch, std::ptr::null_mut())
+                == 0
+            {
+                libc::pthread_detach(thread);
+            } else {
+                say("tracealloc: TRACEALLOC_TIMELINE: could not start the sampler's thread\n");
+            }
+        }
+    }
+
+    extern "C" fn launch(_: *mut libc::c_void) -> *mut libc::c_void {
+        let _ = std::panic::catch_unwind(run);
+        std::ptr::null_mut()
+    }
+
+    /// The interval `TRACEALLOC_TIMELINE_INTERVAL` asks for, or why it is refused.
+    pub(super) fn interval(value: Option<&str>) -> Result<Duration, String> {
+        let Some(value) = value else {
+            return Ok(Duration::from_millis(10));
+        };
+        match value.trim().parse::<u64>() {
+            Ok(ms) if (1..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            _ => Err(format!(
+                "TRACEALLOC_TIMELINE_INTERVAL: expected milliseconds from 1 to 3600000, got {value:?}"
+            )),
+        }
+    }
+
+    fn run() {
+        let _quiet = crate::guard::Guard::enter();
+        let path = std::env::var("TRACEALLOC_TIMELINE").unwrap_or_default();
+        let interval = match interval(
+            std::env::var("TRACEALLOC_TIMELINE_INTERVAL")
+                .ok()
+                .as_deref(),
+        ) {
+            Ok(interval) => interval,
+            Err(e) => {
+                eprintln!("tracealloc: ignoring TRACEALLOC_TIMELINE: {e}");
+                return;
+            }
+        };
+        if path.ends_with(".svg") && !cfg!(feature = "timeline") {
+            eprintln!(
+                "tracealloc: ignoring TRACEALLOC_TIMELINE={path}: an SVG chart needs tracealloc's \
+                 feature `timeline` (or write a .csv)"
+            );
+            return;
+        }
+        let timeline = match Timeline::start(interval) {
+            Ok(timeline) => timeline,
+            Err(e) => {
+                eprintln!("tracealloc: ignoring TRACEALLOC_TIMELINE: {e}");
+                return;
+            }
+        };
+        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = Some((timeline, path));
+        // SAFETY: registers a function with the C signature atexit expects; it never unwinds.
+        if unsafe { libc::atexit(at_exit) } != 0 {
+            say("tracealloc: TRACEALLOC_TIMELINE: could not register the exit handler\n");
+        }
+    }
+
+    extern "C" fn at_exit() {
+        // Never unwind into C.
+        let _ = std::panic::catch_unwind(finish);
+    }
+
+    fn finish() {
+        let _quiet = crate::guard::Guard::enter();
+        let Some((timeline, path)) = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).take()
+        else {
+            return;
+        };
+        let series = timeline.stop();
+        let written = if path.ends_with(".svg") {
+            #[cfg(feature = "timeline")]
+            {
+                series.write_svg(&path)
+            }
+            #[cfg(not(feature = "timeline"))]
+            {
+                Ok(())
+            }
+        } else {
+            series.write_csv(&path)
+        };
+        if let Err(e) = written {
+            eprintln!("tracealloc: TRACEALLOC_TIMELINE: {e}");
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_interval_switch() {
+        use super::from_environment::interval;
+        assert_eq!(interval(None), Ok(Duration::from_millis(10)));
+        assert_eq!(interval(Some("250")), Ok(Duration::from_millis(250)));
+        for bad in ["0", "-5", "fast", "3600001", ""] {
+            let e = interval(Some(bad)).unwrap_err();
+            assert!(e.contains(&format!("got {bad:?}")), "{e}");
+        }
     }
 }
