@@ -4,8 +4,10 @@
 #     in-use and the allocation sample types;
 #   - `go tool pprof -tags` shows the `bytes` label; the peak profile lists the workload;
 #   - the `tracealloc` CLI reads the snapshot file (top, top --peak, report);
-#   - headless Chromium renders the flame graph and the timeline and loads dhat.json in
-#     Valgrind's dh_view.html (tests/consumers/view.js), saving screenshots.
+#   - headless Chromium renders the flame graph (its subtitle) and the timeline (its tracer
+#     line), loads dhat.json in Valgrind's dh_view.html and opens pprof's web UI on a profile
+#     fetched from the service (named after the binary) (tests/consumers/view.js), saving
+#     screenshots.
 #   - a service with TRACEALLOC_HTTP is read over HTTP by `go tool pprof` (heap, allocs, a
 #     delta), and bad requests are refused while it goes on serving;
 # Needs: go (Debian golang-go), curl, chromium (Debian chromium), node + npm, valgrind's dh_view.html.
@@ -83,9 +85,17 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Big: $(head -c 20000 /dev/ze
 code=$(curl -s -o /dev/null -w '%{http_code}' "$url/debug/pprof/heap?seconds=x")
 [ "$code" = 400 ] || fail "a bad ?seconds got $code"
 go tool pprof -top "$url/debug/pprof/heap" > /dev/null 2>&1 || fail "the service stopped serving"
+curl -s -o "$out/service-heap.pb.gz" "$url/debug/pprof/heap" || fail "curl could not fetch the heap profile"
 kill $service 2>/dev/null || true
 trap - EXIT
 echo "consumers: go tool pprof read the live endpoint (heap, allocs, a 2 s delta)"
+
+# pprof's web UI on the fetched profile: view.js checks it is named after the binary.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+go tool pprof -http="127.0.0.1:$port" -no_browser "$out/service-heap.pb.gz" > "$out/webui.log" 2>&1 &
+webui=$!
+trap 'kill $webui 2>/dev/null || true' EXIT
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/ui/" && break; sleep 0.2; done
 
 pw=${PLAYWRIGHT_DIR:-$out/playwright}
 if [ ! -d "$pw/node_modules/playwright-core" ]; then
@@ -93,5 +103,7 @@ if [ ! -d "$pw/node_modules/playwright-core" ]; then
   (cd "$pw" && npm init -y > /dev/null && npm install --no-audit --no-fund playwright-core > /dev/null)
 fi
 NODE_PATH="$pw/node_modules" node tests/consumers/view.js \
-  "$out/live.svg" "$out/dhat.json" "$out/timeline.svg" "$out"
+  "$out/live.svg" "$out/dhat.json" "$out/timeline.svg" "$out" "http://127.0.0.1:$port/ui/top"
+kill $webui 2>/dev/null || true
+trap - EXIT
 echo "consumers: all outputs read by their real consumers; screenshots in $out"

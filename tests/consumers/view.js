@@ -1,12 +1,12 @@
 // Opens tracealloc's outputs in headless Chromium and takes screenshots:
-//   node view.js FLAMEGRAPH.svg DHAT.json TIMELINE.svg OUT_DIR
+//   node view.js FLAMEGRAPH.svg DHAT.json TIMELINE.svg OUT_DIR [PPROF_WEB_UI_URL]
 // The DHAT file is loaded through dh_view.html's own file input, as a user would. Exits
 // non-zero when the viewer reports an error or the pages do not show what they should.
 // Needs playwright-core (npm) and Debian's chromium; see tests/consumers/README.md.
 const { chromium } = require('playwright-core');
 const path = require('path');
 
-const [flame, dhat, timeline, out] = process.argv.slice(2);
+const [flame, dhat, timeline, out, webui] = process.argv.slice(2);
 const DH_VIEW = process.env.DH_VIEW || '/usr/libexec/valgrind/dh_view.html';
 
 (async () => {
@@ -23,6 +23,12 @@ const DH_VIEW = process.env.DH_VIEW || '/usr/libexec/valgrind/dh_view.html';
   const frames = await page.locator('g > title').count();
   console.log(`flame graph: ${frames} frames drawn`);
   if (frames < 3) failed = true;
+  const subtitle = await page.locator('#subtitle').textContent();
+  console.log(`flame graph subtitle: ${subtitle}`);
+  if (!/^report: [0-9.]+ [KMG]?i?B in [0-9,]+ blocks · [a-z-]+ · \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC/.test(subtitle)) {
+    console.log('the flame graph subtitle does not say program, bytes, blocks, capture and time');
+    failed = true;
+  }
   await page.screenshot({ path: path.join(out, 'flamegraph.png') });
 
   // DHAT viewer: load the JSON through the page's file input.
@@ -38,9 +44,29 @@ const DH_VIEW = process.env.DH_VIEW || '/usr/libexec/valgrind/dh_view.html';
   }
   await page.screenshot({ path: path.join(out, 'dh_view.png'), fullPage: false });
 
-  // Timeline chart.
+  // Timeline chart, with the tracer's own tables as a line.
   await page.goto('file://' + path.resolve(timeline));
+  // An SVG document has no <body>: read the text of its root.
+  const legend = await page.evaluate(() => document.documentElement.textContent);
+  if (!/tracer's tables/.test(legend)) {
+    console.log('the timeline has no tracer line: ' + legend.slice(0, 300));
+    failed = true;
+  }
   await page.screenshot({ path: path.join(out, 'timeline.png') });
+
+  // pprof's web UI: the profile is named after the binary, not "unknown".
+  if (webui) {
+    await page.goto(webui);
+    await page.waitForTimeout(1500);
+    const ui = await page.locator('body').innerText();
+    const header = ui.split('\n').filter(l => /inuse_space|unknown/.test(l)).slice(0, 2).join(' | ');
+    console.log(`pprof web UI: ${header}`);
+    if (!/service/.test(ui) || /\bunknown\b/.test(ui)) {
+      console.log('the web UI does not name the binary: ' + ui.slice(0, 300));
+      failed = true;
+    }
+    await page.screenshot({ path: path.join(out, 'pprof-webui.png') });
+  }
 
   await browser.close();
   process.exit(failed ? 1 : 0);
