@@ -182,3 +182,35 @@ pub fn process_memory() -> Option<ProcessMemory> {
         peak_resident: field("VmHWM:")?,
     })
 }
+
+/// For the switches that start a thread (`TRACEALLOC_HTTP`, `TRACEALLOC_TIMELINE`): from an ELF
+/// constructor, when `name` is set and not empty, runs `run` on a detached thread of its own,
+/// so nothing runs before `main` on the main thread but this check. `failure` is said when the
+/// thread cannot start; a panic in `run` is caught.
+#[cfg(target_os = "linux")]
+pub(crate) fn start_thread_if_set(name: &str, run: fn(), failure: &str) {
+    extern "C" fn launch(arg: *mut libc::c_void) -> *mut libc::c_void {
+        // SAFETY: `arg` is the `fn()` that `start_thread_if_set` passed, cast to a pointer.
+        let run = unsafe { std::mem::transmute::<*mut libc::c_void, fn()>(arg) };
+        let _ = std::panic::catch_unwind(run);
+        std::ptr::null_mut()
+    }
+    if std::env::var_os(name).is_none_or(|v| v.is_empty()) {
+        return;
+    }
+    // SAFETY: a plain detached thread; `launch` never unwinds (it catches panics).
+    unsafe {
+        let mut thread: libc::pthread_t = std::mem::zeroed();
+        if libc::pthread_create(
+            &mut thread,
+            std::ptr::null(),
+            launch,
+            run as *mut libc::c_void,
+        ) == 0
+        {
+            libc::pthread_detach(thread);
+        } else {
+            say(failure);
+        }
+    }
+}

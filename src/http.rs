@@ -571,29 +571,11 @@ mod from_environment {
     static START: extern "C" fn() = start;
 
     extern "C" fn start() {
-        // Only reads the environment here: the server starts from a thread of its own, so
-        // nothing runs before `main` on the main thread but this check.
-        if std::env::var_os("TRACEALLOC_HTTP").is_none_or(|v| v.is_empty()) {
-            return;
-        }
-        // SAFETY: a plain detached thread; `launch` never unwinds (it catches panics).
-        unsafe {
-            let mut thread: libc::pthread_t = std::mem::zeroed();
-            if libc::pthread_create(&mut thread, std::ptr::null(), launch, std::ptr::null_mut())
-                == 0
-            {
-                libc::pthread_detach(thread);
-            } else {
-                crate::stack::capture::say(
-                    "tracealloc: TRACEALLOC_HTTP: could not start the server's thread\n",
-                );
-            }
-        }
-    }
-
-    extern "C" fn launch(_: *mut libc::c_void) -> *mut libc::c_void {
-        let _ = std::panic::catch_unwind(run);
-        std::ptr::null_mut()
+        crate::environment::start_thread_if_set(
+            "TRACEALLOC_HTTP",
+            run,
+            "tracealloc: TRACEALLOC_HTTP: could not start the server's thread\n",
+        );
     }
 
     fn run() {

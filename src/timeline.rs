@@ -266,27 +266,11 @@ mod from_environment {
     static START: extern "C" fn() = start;
 
     extern "C" fn start() {
-        // Only reads the environment here: the sampler starts from a thread of its own, so
-        // nothing runs before `main` on the main thread but this check.
-        if std::env::var_os("TRACEALLOC_TIMELINE").is_none_or(|v| v.is_empty()) {
-            return;
-        }
-        // SAFETY: a plain detached thread; `launch` never unwinds (it catches panics).
-        unsafe {
-            let mut thread: libc::pthread_t = std::mem::zeroed();
-            if libc::pthread_create(&mut thread, std::ptr::null(), launch, std::ptr::null_mut())
-                == 0
-            {
-                libc::pthread_detach(thread);
-            } else {
-                say("tracealloc: TRACEALLOC_TIMELINE: could not start the sampler's thread\n");
-            }
-        }
-    }
-
-    extern "C" fn launch(_: *mut libc::c_void) -> *mut libc::c_void {
-        let _ = std::panic::catch_unwind(run);
-        std::ptr::null_mut()
+        crate::environment::start_thread_if_set(
+            "TRACEALLOC_TIMELINE",
+            run,
+            "tracealloc: TRACEALLOC_TIMELINE: could not start the sampler's thread\n",
+        );
     }
 
     /// The interval `TRACEALLOC_TIMELINE_INTERVAL` asks for, or why it is refused.
