@@ -46,6 +46,9 @@ pub enum Error {
     /// `clear_traces`, `stop`, `start` or `set_sampling` ran (on some thread) while a
     /// measurement was open: the records of its blocks are gone, so its figures would be wrong.
     MeasurementDisturbed,
+    /// `measure_all_threads` was called inside another all-threads measurement on the same
+    /// thread (there is one at a time: the inner one would have nothing of its own to count).
+    AllThreadsNested,
     /// A timeline interval under 1 ms.
     InvalidInterval {
         /// The interval asked for.
@@ -145,6 +148,10 @@ impl fmt::Display for Error {
                  set_sampling() ran while it was open, so the records of its blocks are gone and \
                  its figures would be wrong; do not call them while tests measure (run such a \
                  test on its own: cargo nextest, or --test-threads=1)",
+            ),
+            Error::AllThreadsNested => f.write_str(
+                "measure_all_threads cannot run inside another all-threads measurement on the \
+                 same thread: measure the inner code with measure (its own scope) instead",
             ),
             Error::InvalidInterval { interval } => write!(
                 f,

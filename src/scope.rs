@@ -30,10 +30,35 @@ thread_local! {
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
-/// The current thread's scope id (0 = none).
+/// The scope of an all-threads measurement (`measure_all_threads`) while one runs: the scope of
+/// every allocation made on a thread that is in no scope of its own. 0 = none.
+static ALL_THREADS: AtomicU32 = AtomicU32::new(0);
+
+/// How many open scopes watch other threads' unscoped allocations (see [`observed`]).
+static WATCHERS: AtomicU32 = AtomicU32::new(0);
+
+/// Distinct stacks a scope keeps of other threads' unscoped allocations; more are counted only.
+const MAX_OTHERS: usize = 256;
+
+/// The current thread's scope id (0 = none): its own, or the all-threads measurement's.
 #[inline]
 pub(crate) fn current_id() -> u32 {
-    CURRENT.try_with(Cell::get).unwrap_or(0)
+    match CURRENT.try_with(Cell::get).unwrap_or(0) {
+        0 => ALL_THREADS.load(Ordering::Relaxed),
+        id => id,
+    }
+}
+
+/// Makes `id` (0: none) the scope of every thread in no scope of its own.
+pub(crate) fn set_all_threads(id: u32) {
+    ALL_THREADS.store(id, Ordering::Relaxed);
+}
+
+/// Whether some open scope watches other threads' unscoped allocations: one relaxed load, on
+/// the unscoped path of `tracer::record` only.
+#[inline]
+pub(crate) fn watching() -> bool {
+    WATCHERS.load(Ordering::Relaxed) != 0
 }
 
 /// Sets the current thread's scope, returning the previous one.
@@ -78,6 +103,10 @@ struct ScopeData {
     sites: HashMap<StackId, Site, FxBuildHasher, MetaAlloc>,
     /// Site updates lost because the site table could not grow (out of memory).
     lost: u64,
+    /// Whether this scope watches other threads' unscoped allocations while it is open.
+    watching: bool,
+    /// Their stacks (allocations, bytes), up to `MAX_OTHERS` stacks.
+    others: HashMap<StackId, (u64, u64), FxBuildHasher, MetaAlloc>,
 }
 
 impl ScopeData {
@@ -94,6 +123,8 @@ impl ScopeData {
             commits: 0,
             sites: HashMap::with_hasher_in(FxBuildHasher, MetaAlloc),
             lost: 0,
+            watching: false,
+            others: HashMap::with_hasher_in(FxBuildHasher, MetaAlloc),
         }
     }
 
@@ -226,16 +257,46 @@ pub(crate) fn freed(entry: &Entry) {
     }
 }
 
-/// Opens a scope nested in `parent` (0: none). `None` when the registry cannot grow.
-pub(crate) fn open(parent: u32) -> Option<u32> {
+/// Opens a scope nested in `parent` (0: none); `None` when the registry cannot grow. With
+/// `watch` the scope also keeps the stacks of other threads' allocations
+/// made outside every scope while it is open (see [`observed`]).
+pub(crate) fn open_watching(parent: u32, watch: bool) -> Option<u32> {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut registry = REGISTRY.lock();
     let root = registry
         .get(&parent)
         .map_or(id, |p| if p.root == 0 { parent } else { p.root });
     registry.try_reserve(1).ok()?;
-    registry.insert(id, ScopeData::new(parent, root));
+    let mut data = ScopeData::new(parent, root);
+    data.watching = watch;
+    registry.insert(id, data);
+    if watch {
+        WATCHERS.fetch_add(1, Ordering::Relaxed);
+    }
     Some(id)
+}
+
+/// A block of `size` bytes was allocated outside every scope while some scope watches: each
+/// open watching scope keeps its stack (and counts it when it keeps too many stacks already).
+pub(crate) fn observed(stack: StackId, size: usize) {
+    let Some(mut registry) = REGISTRY.lock_unless_mine() else {
+        SKIPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    for data in registry.values_mut() {
+        if !data.watching || data.ended {
+            continue;
+        }
+        if data.others.len() >= MAX_OTHERS && !data.others.contains_key(&stack) {
+            continue;
+        }
+        if data.others.try_reserve(1).is_err() {
+            continue;
+        }
+        let slot = data.others.entry(stack).or_insert((0, 0));
+        slot.0 += 1;
+        slot.1 += size as u64;
+    }
 }
 
 /// What a scope measured, with stack ids still raw.
@@ -252,6 +313,9 @@ pub(crate) struct Figures {
     /// (stack, allocations) made in the scope.
     pub(crate) allocation_sites: Vec<(StackId, u64)>,
     pub(crate) lost: u64,
+    /// (stack, allocations, bytes) other threads made outside every scope while it was open
+    /// (watching scopes only).
+    pub(crate) others: Vec<(StackId, u64, u64)>,
 }
 
 /// The figures of a running scope (`None` for an unknown or ended one).
@@ -259,15 +323,21 @@ pub(crate) struct Figures {
 pub(crate) fn figures(id: u32) -> Option<Figures> {
     // Copy the sites out without allocating under the lock: size first, then fill.
     let mut sites: Vec<(StackId, Site)> = Vec::new();
+    let mut others: Vec<(StackId, u64, u64)> = Vec::new();
     loop {
-        let needed = REGISTRY.lock().get(&id).map_or(0, |d| d.sites.len());
-        sites.reserve(needed + 16);
+        let needed = REGISTRY
+            .lock()
+            .get(&id)
+            .map_or((0, 0), |d| (d.sites.len(), d.others.len()));
+        sites.reserve(needed.0 + 16);
+        others.reserve(needed.1 + 16);
         let registry = REGISTRY.lock();
         let data = registry.get(&id).filter(|d| !d.ended)?;
-        if data.sites.len() > sites.capacity() {
+        if data.sites.len() > sites.capacity() || data.others.len() > others.capacity() {
             continue;
         }
         sites.extend(data.sites.iter().map(|(&k, &v)| (k, v)));
+        others.extend(data.others.iter().map(|(&k, &(n, b))| (k, n, b)));
         let (rising, commits) = (data.rising, data.commits);
         let mut f = Figures {
             peak: data.peak,
@@ -275,6 +345,7 @@ pub(crate) fn figures(id: u32) -> Option<Figures> {
             allocations: data.allocations,
             retained: data.current,
             lost: data.lost,
+            others: std::mem::take(&mut others),
             ..Figures::default()
         };
         drop(registry);
@@ -314,8 +385,12 @@ pub(crate) fn close(id: u32) {
         return;
     };
     data.ended = true;
+    if std::mem::take(&mut data.watching) {
+        WATCHERS.fetch_sub(1, Ordering::Relaxed);
+    }
     // Free the sites now; the tombstone keeps only the links.
     data.sites = HashMap::with_hasher_in(FxBuildHasher, MetaAlloc);
+    data.others = HashMap::with_hasher_in(FxBuildHasher, MetaAlloc);
     if data.parent == 0 {
         // The whole tree goes: the root itself and every descendant (their `root` is `id`).
         // Removing entries does not allocate.

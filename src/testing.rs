@@ -143,9 +143,59 @@ pub struct Measurement {
     allocating: Vec<SiteUsage>,
     lost: u64,
     others_unscoped: u64,
+    /// (stack, allocations, bytes) of other threads' unscoped allocations while it ran.
+    others: Vec<(StackId, u64, u64)>,
 }
 
 impl Measurement {
+    /// Allocations other threads made outside every scope while this measurement ran, in
+    /// stacks that run the program's own code on a thread that is not the test harness's: a
+    /// thread pool's worker (rayon's `par_iter`), a runtime's (`tokio::spawn`), a thread
+    /// spawned with `std::thread::spawn`. Most likely work this code handed off without its
+    /// scope, so it is missing from the figures above; the assertion macros fail when there is
+    /// any. Up to 10 call sites, most allocations first (`blocks`: allocations, `size`: their
+    /// bytes). Threads running libtest's own code (other tests' bodies, the harness's main
+    /// thread) and threads that run none of the program's code are left out, so neighbours in
+    /// a parallel `cargo test` do not count unless they hand work to a pool at the same time.
+    pub fn escaped_work(&self) -> Vec<SiteUsage> {
+        if self.others.is_empty() {
+            return Vec::new();
+        }
+        // The tracer's own work: untraced.
+        let _quiet = Guard::enter();
+        let mut by_line: HashMap<Frame, SiteUsage> = HashMap::new();
+        for &(stack, allocations, bytes) in &self.others {
+            let tb = snapshot::traceback_of(stack, tracer::limit(), tracer::capture_cap());
+            let frames = tb.all();
+            let harness = frames.iter().any(|f| f.function.starts_with("test::"));
+            let own = frames
+                .iter()
+                .any(|f| origin::of_frame(f) == origin::Kind::Own);
+            if harness || !own {
+                continue;
+            }
+            let key = Frame {
+                inlined: false,
+                ..tb.call_site().clone()
+            };
+            let entry = by_line.entry(key).or_insert(SiteUsage {
+                size: 0,
+                blocks: 0,
+                traceback: tb,
+            });
+            entry.size += bytes as usize;
+            entry.blocks += allocations as usize;
+        }
+        let mut sites: Vec<SiteUsage> = by_line.into_values().collect();
+        sites.sort_by(|a, b| {
+            (b.blocks, b.size)
+                .cmp(&(a.blocks, a.size))
+                .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
+        });
+        sites.truncate(10);
+        sites
+    }
+
     /// Allocations other threads made outside any measurement scope while this one ran. Not
     /// counted in the figures above: they may be neighbours (another test, a logger), or work
     /// this code handed to threads it did not carry its scope to (a pool's workers: use
@@ -296,8 +346,61 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
 /// (`Error::NotInstalled`, `Error::NotTracing`, or `Error::Sampled`: heap assertions need every
 /// allocation, and a sampling tracer records few).
 pub fn try_measure<R>(f: impl FnOnce() -> R) -> Result<(R, Measurement), Error> {
-    let open = Open::new(scope::current_id())?;
+    let open = Open::new(scope::current_id(), true)?;
     let result = {
+        let _inside = Inside::enter(open.id);
+        f()
+    };
+    Ok((result, open.finish()?))
+}
+
+/// Runs `f` and counts what **every thread** allocates while it runs, as pytest-memray does:
+/// for code whose work goes to threads it does not control (a global pool, a runtime, a
+/// library's helper threads), where [`measure`] would count only the threads that carry its
+/// scope. Threads in a measurement scope of their own (another `measure`) keep theirs.
+///
+/// Exact under `cargo nextest` (a process per test, the harness's main thread waiting); under
+/// plain `cargo test` the other tests running at the same time count too: run such a test
+/// with `--test-threads=1` or under nextest. One all-threads measurement runs at a time: a
+/// second one, on another thread, waits for the first to end.
+///
+/// # Panics
+/// Where [`try_measure_all_threads`] returns an error.
+#[track_caller]
+pub fn measure_all_threads<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
+    match try_measure_all_threads(f) {
+        Ok(result) => result,
+        Err(e) => panic!("tracealloc::measure_all_threads: {e}"),
+    }
+}
+
+/// [`measure_all_threads`], returning an error instead of panicking: those of
+/// [`try_measure`], and [`Error::AllThreadsNested`] inside another all-threads measurement on
+/// the same thread.
+pub fn try_measure_all_threads<R>(f: impl FnOnce() -> R) -> Result<(R, Measurement), Error> {
+    use std::cell::Cell;
+    use std::sync::Mutex;
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    thread_local! {
+        static INSIDE: Cell<bool> = const { Cell::new(false) };
+    }
+    if INSIDE.with(Cell::get) {
+        return Err(Error::AllThreadsNested);
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let open = Open::new(scope::current_id(), false)?;
+    /// Ends the all-threads routing, also when `f` panics.
+    struct Routing;
+    impl Drop for Routing {
+        fn drop(&mut self) {
+            scope::set_all_threads(0);
+            INSIDE.with(|c| c.set(false));
+        }
+    }
+    let result = {
+        INSIDE.with(|c| c.set(true));
+        scope::set_all_threads(open.id);
+        let _routing = Routing;
         let _inside = Inside::enter(open.id);
         f()
     };
@@ -314,12 +417,14 @@ struct Open {
 }
 
 impl Open {
-    fn new(parent: u32) -> Result<Open, Error> {
+    /// A new scope in `parent`; with `watch`, it keeps the stacks of other threads'
+    /// allocations made outside every scope while it is open.
+    fn new(parent: u32, watch: bool) -> Result<Open, Error> {
         control::ensure_tracing()?;
         if let Some(mean) = control::sampling() {
             return Err(Error::Sampled { mean });
         }
-        let id = scope::open(parent).ok_or(Error::ScopeUnavailable)?;
+        let id = scope::open_watching(parent, watch).ok_or(Error::ScopeUnavailable)?;
         Ok(Open {
             id,
             skipped_before: scope::skipped_updates(),
@@ -460,7 +565,7 @@ impl<F: std::future::Future> std::future::Future for TryMeasureFuture<F> {
         let this = unsafe { self.get_unchecked_mut() };
         let id = match &this.open {
             Some(open) => open.id,
-            None => match Open::new(this.parent) {
+            None => match Open::new(this.parent, true) {
                 Ok(open) => this.open.insert(open).id,
                 Err(e) => return std::task::Poll::Ready(Err(e)),
             },
@@ -538,6 +643,7 @@ impl Measurement {
             allocating,
             lost: figures.lost,
             others_unscoped: 0,
+            others: figures.others,
         }
     }
 }
@@ -723,6 +829,7 @@ pub mod __private {
         if m.peak >= limit {
             fail(message, PeakReport { m: &m, limit }.to_string());
         }
+        no_escaped_work(&m, message);
         result
     }
 
@@ -732,6 +839,7 @@ pub mod __private {
         if m.retained > 0 {
             fail(message, LeakReport(&m).to_string());
         }
+        no_escaped_work(&m, message);
         result
     }
 
@@ -741,7 +849,56 @@ pub mod __private {
         if m.allocations > max {
             fail(message, AllocationReport { m: &m, max }.to_string());
         }
+        no_escaped_work(&m, message);
         result
+    }
+
+    /// A verdict that held for the scope is no pass when other threads ran the program's code
+    /// outside any scope meanwhile: that work is missing from the figures.
+    #[track_caller]
+    fn no_escaped_work(m: &Measurement, message: Option<String>) {
+        if m.others_unscoped == 0 {
+            return;
+        }
+        let escaped = m.escaped_work();
+        if !escaped.is_empty() {
+            fail(message, EscapedReport(&escaped).to_string());
+        }
+    }
+
+    struct EscapedReport<'a>(&'a [SiteUsage]);
+
+    impl fmt::Display for EscapedReport<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let n: usize = self.0.iter().map(|s| s.blocks).sum();
+            let bytes: usize = self.0.iter().map(|s| s.size).sum();
+            write!(
+                f,
+                "tracealloc: cannot pass: other threads ran this program's code outside any \
+                 measurement scope while the measured code ran, and allocated {n} block{} ({} \
+                 bytes, {}) that the figures leave out",
+                plural(n),
+                bytes,
+                size(bytes)
+            )?;
+            for site in self.0 {
+                let head = format!(
+                    "{} allocation{} ({})",
+                    site.blocks,
+                    plural(site.blocks),
+                    size(site.size)
+                );
+                write_site(f, &head, &site.traceback)?;
+            }
+            write!(
+                f,
+                "\n  if the measured code hands this work to a thread pool or a runtime \
+                 (rayon's par_iter, tokio::spawn, std::thread::spawn), carry the scope there \
+                 (Scope::run, Scope::wrap_future, tracealloc::spawn) or count every thread \
+                 (measure_all_threads); if it is another test's work, run the tests one at a \
+                 time (--test-threads=1) or under cargo nextest"
+            )
+        }
     }
 
     struct PeakReport<'a> {

@@ -440,6 +440,10 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
             }
             if scope != 0 {
                 scope::allocated(scope, stack, size);
+            } else if scope::watching() {
+                // A measurement is open: it keeps the stacks of work done outside every scope
+                // (a pool it did not carry its scope to; see `Measurement::escaped_work`).
+                scope::observed(stack, size);
             }
             true
         }
