@@ -121,8 +121,8 @@ pub use stack::CaptureMode;
 pub use testing::__private;
 pub use testing::{
     measure, measure_all_threads, measure_future, parse_size, spawn, try_measure,
-    try_measure_all_threads, try_measure_future, InScope, Limit,
-    MeasureFuture, Measurement, Scope, ScopeGuard, SiteUsage, TryMeasureFuture,
+    try_measure_all_threads, try_measure_future, InScope, Limit, MeasureFuture, Measurement, Scope,
+    ScopeGuard, SiteUsage, TryMeasureFuture,
 };
 pub use timeline::{Timeline, TimelineSample, TimelineSeries};
 pub use tracer::{Tracer, DEFAULT_FRAMES, MAX_FRAMES};

@@ -38,7 +38,7 @@ static ALL_THREADS: AtomicU32 = AtomicU32::new(0);
 static WATCHERS: AtomicU32 = AtomicU32::new(0);
 
 /// Distinct stacks a scope keeps of other threads' unscoped allocations; more are counted only.
-const MAX_OTHERS: usize = 256;
+const MAX_OTHERS: usize = 4096;
 
 /// The current thread's scope id (0 = none): its own, or the all-threads measurement's.
 #[inline]
@@ -47,6 +47,13 @@ pub(crate) fn current_id() -> u32 {
         0 => ALL_THREADS.load(Ordering::Relaxed),
         id => id,
     }
+}
+
+/// The current thread's own scope (0 = none), not counting an all-threads measurement: the
+/// parent of a measurement it opens. (Under an all-threads measurement, a measurement on another
+/// thread keeps its own figures and must not end with it.)
+pub(crate) fn own_id() -> u32 {
+    CURRENT.try_with(Cell::get).unwrap_or(0)
 }
 
 /// Makes `id` (0: none) the scope of every thread in no scope of its own.
@@ -71,6 +78,8 @@ pub(crate) struct Site {
     pub(crate) bytes: usize,
     pub(crate) blocks: usize,
     pub(crate) allocations: u64,
+    /// Bytes of the allocations (a reallocation counts its new size).
+    pub(crate) allocated: u64,
     at_peak_bytes: usize,
     at_peak_blocks: usize,
     stamp: u64,
@@ -152,6 +161,7 @@ impl ScopeData {
         site.blocks += 1;
         if new_block {
             site.allocations += 1;
+            site.allocated += size as u64;
         }
     }
 
@@ -310,8 +320,8 @@ pub(crate) struct Figures {
     pub(crate) at_peak: Vec<(StackId, usize, usize)>,
     /// (stack, bytes, blocks) still live at the end.
     pub(crate) retained_sites: Vec<(StackId, usize, usize)>,
-    /// (stack, allocations) made in the scope.
-    pub(crate) allocation_sites: Vec<(StackId, u64)>,
+    /// (stack, allocations, their bytes) made in the scope.
+    pub(crate) allocation_sites: Vec<(StackId, u64, u64)>,
     pub(crate) lost: u64,
     /// (stack, allocations, bytes) other threads made outside every scope while it was open
     /// (watching scopes only).
@@ -362,7 +372,8 @@ pub(crate) fn figures(id: u32) -> Option<Figures> {
                 f.retained_sites.push((stack, site.bytes, site.blocks));
             }
             if site.allocations > 0 {
-                f.allocation_sites.push((stack, site.allocations));
+                f.allocation_sites
+                    .push((stack, site.allocations, site.allocated));
             }
         }
         return Some(f);

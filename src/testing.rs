@@ -145,33 +145,77 @@ pub struct Measurement {
     others_unscoped: u64,
     /// (stack, allocations, bytes) of other threads' unscoped allocations while it ran.
     others: Vec<(StackId, u64, u64)>,
+    /// The measured closure or `async` block (`crate::module::test_name::{{closure}}`), "" if
+    /// unknown.
+    measured_in: &'static str,
+}
+
+/// The name of a closure or `async` block of type `F` as symbols show it
+/// (`my_crate::tests::parse_is_small::{{closure}}`); "" for a named function's type.
+fn measured_in<F>() -> &'static str {
+    let name = std::any::type_name::<F>();
+    if name.ends_with("::{{closure}}") {
+        name
+    } else {
+        ""
+    }
+}
+
+/// Whether this process runs one test at a time, so that every other thread's work is the
+/// measured test's: cargo nextest (a process per test) or `--test-threads=1`.
+fn one_test_at_a_time() -> bool {
+    std::env::var_os("NEXTEST_RUN_ID").is_some()
+        || std::env::var("RUST_TEST_THREADS").is_ok_and(|n| n.trim() == "1")
+        || std::env::args().any(|a| a == "--test-threads=1")
 }
 
 impl Measurement {
-    /// Allocations other threads made outside every scope while this measurement ran, in
-    /// stacks that run the program's own code on a thread that is not the test harness's: a
-    /// thread pool's worker (rayon's `par_iter`), a runtime's (`tokio::spawn`), a thread
-    /// spawned with `std::thread::spawn`. Most likely work this code handed off without its
-    /// scope, so it is missing from the figures above; the assertion macros fail when there is
-    /// any. Up to 10 call sites, most allocations first (`blocks`: allocations, `size`: their
-    /// bytes). Threads running libtest's own code (other tests' bodies, the harness's main
-    /// thread) and threads that run none of the program's code are left out, so neighbours in
-    /// a parallel `cargo test` do not count unless they hand work to a pool at the same time.
+    /// Allocations other threads made outside every scope while this measurement ran that are
+    /// this code's own work, handed to a thread pool (rayon's `par_iter`), a runtime
+    /// (`tokio::spawn`) or a thread (`std::thread::spawn`) without the scope, and so missing
+    /// from the figures above. The assertion macros fail when there is any. Up to 10 call
+    /// sites, most allocations first (`blocks`: allocations, `size`: their bytes).
+    ///
+    /// An allocation of another thread is this code's work when its stack runs a closure written
+    /// inside the measured closure (`my_test::{{closure}}::{{closure}}` on a pool's worker, for
+    /// `measure(|| items.par_iter().map(|x| …))`), or a function of the program that the
+    /// measured code itself called (seen in the measurement's own call sites). When the process runs one test at a time (cargo nextest,
+    /// `--test-threads=1`), any stack that runs the program's own code on a thread that is not
+    /// libtest's counts too. Threads running libtest's own code (other tests' bodies) never
+    /// count, so neighbours in a parallel `cargo test` do not make a measurement fail.
     pub fn escaped_work(&self) -> Vec<SiteUsage> {
         if self.others.is_empty() {
             return Vec::new();
         }
         // The tracer's own work: untraced.
         let _quiet = Guard::enter();
+        let ours = self.own_functions();
+        let alone = one_test_at_a_time();
         let mut by_line: HashMap<Frame, SiteUsage> = HashMap::new();
         for &(stack, allocations, bytes) in &self.others {
             let tb = snapshot::traceback_of(stack, tracer::limit(), tracer::capture_cap());
             let frames = tb.all();
-            let harness = frames.iter().any(|f| f.function.starts_with("test::"));
-            let own = frames
-                .iter()
-                .any(|f| origin::of_frame(f) == origin::Kind::Own);
-            if harness || !own {
+            if frames.iter().any(|f| f.function.starts_with("test::")) {
+                continue;
+            }
+            let of_ours = frames.iter().any(|f| {
+                let nested = !self.measured_in.is_empty()
+                    && f.function
+                        .strip_prefix(self.measured_in)
+                        .is_some_and(|rest| rest.starts_with("::"));
+                nested
+                    || ours.iter().any(|name| {
+                        f.function
+                            .strip_prefix(name.as_str())
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+                    })
+            });
+            let own = || {
+                frames
+                    .iter()
+                    .any(|f| origin::of_frame(f) == origin::Kind::Own)
+            };
+            if !(of_ours || alone && own()) {
                 continue;
             }
             let key = Frame {
@@ -194,6 +238,43 @@ impl Measurement {
         });
         sites.truncate(10);
         sites
+    }
+
+    /// The program's functions the measured code called (the frames of its own call sites
+    /// inside the measured closure), closure suffixes cut.
+    fn own_functions(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let sites = self
+            .at_peak
+            .iter()
+            .chain(&self.retained_sites)
+            .chain(&self.allocating);
+        for site in sites {
+            let frames = site.traceback.all();
+            // Innermost first: the frames called from inside the measured closure come before it.
+            let inside = if self.measured_in.is_empty() {
+                0
+            } else {
+                frames
+                    .iter()
+                    .position(|f| &*f.function == self.measured_in)
+                    .unwrap_or(0)
+            };
+            for f in frames.iter().take(inside) {
+                if origin::of_frame(f) != origin::Kind::Own {
+                    continue;
+                }
+                let name = f
+                    .function
+                    .find("::{{closure}}")
+                    .map_or(&*f.function, |at| &f.function[..at]);
+                let measured = self.measured_in.strip_suffix("::{{closure}}");
+                if !name.is_empty() && Some(name) != measured && !names.iter().any(|n| n == name) {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names
     }
 
     /// Allocations other threads made outside any measurement scope while this one ran. Not
@@ -345,8 +426,8 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measurement) {
 /// [`measure`], returning an error instead of panicking when nothing can be measured
 /// (`Error::NotInstalled`, `Error::NotTracing`, or `Error::Sampled`: heap assertions need every
 /// allocation, and a sampling tracer records few).
-pub fn try_measure<R>(f: impl FnOnce() -> R) -> Result<(R, Measurement), Error> {
-    let open = Open::new(scope::current_id(), true)?;
+pub fn try_measure<R, F: FnOnce() -> R>(f: F) -> Result<(R, Measurement), Error> {
+    let open = Open::new(scope::own_id(), Some(measured_in::<F>()))?;
     let result = {
         let _inside = Inside::enter(open.id);
         f()
@@ -388,7 +469,7 @@ pub fn try_measure_all_threads<R>(f: impl FnOnce() -> R) -> Result<(R, Measureme
         return Err(Error::AllThreadsNested);
     }
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let open = Open::new(scope::current_id(), false)?;
+    let open = Open::new(scope::own_id(), None)?;
     /// Ends the all-threads routing, also when `f` panics.
     struct Routing;
     impl Drop for Routing {
@@ -411,22 +492,26 @@ pub fn try_measure_all_threads<R>(f: impl FnOnce() -> R) -> Result<(R, Measureme
 /// dropped (also when the measured code panics).
 struct Open {
     id: u32,
+    /// The function the measured closure or future was written in ("" when not watching).
+    measured_in: &'static str,
     skipped_before: u64,
     clears_before: u64,
     unscoped_before: u64,
 }
 
 impl Open {
-    /// A new scope in `parent`; with `watch`, it keeps the stacks of other threads'
-    /// allocations made outside every scope while it is open.
-    fn new(parent: u32, watch: bool) -> Result<Open, Error> {
+    /// A new scope in `parent`. With `watch` (the function the measured code was written in),
+    /// it keeps the stacks of other threads' allocations made outside every scope while it is
+    /// open.
+    fn new(parent: u32, watch: Option<&'static str>) -> Result<Open, Error> {
         control::ensure_tracing()?;
         if let Some(mean) = control::sampling() {
             return Err(Error::Sampled { mean });
         }
-        let id = scope::open_watching(parent, watch).ok_or(Error::ScopeUnavailable)?;
+        let id = scope::open_watching(parent, watch.is_some()).ok_or(Error::ScopeUnavailable)?;
         Ok(Open {
             id,
+            measured_in: watch.unwrap_or(""),
             skipped_before: scope::skipped_updates(),
             clears_before: crate::counters::clears(),
             unscoped_before: unscoped_allocations(),
@@ -445,6 +530,7 @@ impl Open {
         // Updates a signal handler had to skip (any scope's: they cannot be told apart).
         figures.lost += scope::skipped_updates() - self.skipped_before;
         let mut m = Measurement::from_figures(figures);
+        m.measured_in = self.measured_in;
         m.others_unscoped = unscoped_allocations().saturating_sub(self.unscoped_before);
         Ok(m)
     }
@@ -507,7 +593,7 @@ pub fn measure_future<F: std::future::Future>(fut: F) -> MeasureFuture<F> {
 /// [`measure_future`], answering an error instead of panicking.
 pub fn try_measure_future<F: std::future::Future>(fut: F) -> TryMeasureFuture<F> {
     TryMeasureFuture {
-        parent: scope::current_id(),
+        parent: scope::own_id(),
         open: None,
         fut,
     }
@@ -565,7 +651,7 @@ impl<F: std::future::Future> std::future::Future for TryMeasureFuture<F> {
         let this = unsafe { self.get_unchecked_mut() };
         let id = match &this.open {
             Some(open) => open.id,
-            None => match Open::new(this.parent, true) {
+            None => match Open::new(this.parent, Some(measured_in::<F>())) {
                 Ok(open) => this.open.insert(open).id,
                 Err(e) => return std::task::Poll::Ready(Err(e)),
             },
@@ -586,7 +672,7 @@ impl<F: std::future::Future> std::future::Future for TryMeasureFuture<F> {
 }
 
 impl Measurement {
-    fn from_figures(figures: scope::Figures) -> Measurement {
+    fn from_figures(mut figures: scope::Figures) -> Measurement {
         let mut tracebacks: HashMap<StackId, Traceback> = HashMap::new();
         let mut traceback = |stack: StackId| {
             tracebacks
@@ -596,6 +682,45 @@ impl Measurement {
                 })
                 .clone()
         };
+        // libtest's output capture: under plain `cargo test`, `println!` appends to a buffer of
+        // the harness's (not under `--nocapture` or nextest, where it goes to the terminal).
+        // Those blocks are the harness's, not the code's: leaving them out gives the same
+        // verdict in every harness.
+        let capture: Vec<StackId> = figures
+            .allocation_sites
+            .iter()
+            .map(|s| s.0)
+            .chain(figures.retained_sites.iter().map(|s| s.0))
+            .chain(figures.at_peak.iter().map(|s| s.0))
+            .filter(|&stack| {
+                traceback(stack)
+                    .all()
+                    .iter()
+                    .any(|f| f.function.ends_with("print_to_buffer_if_capture_used"))
+            })
+            .collect();
+        if !capture.is_empty() {
+            let of_capture = |stack: &StackId| capture.contains(stack);
+            for &(stack, n, bytes) in &figures.allocation_sites {
+                if of_capture(&stack) {
+                    figures.allocations = figures.allocations.saturating_sub(n);
+                    figures.allocated = figures.allocated.saturating_sub(bytes);
+                }
+            }
+            for &(stack, bytes, _) in &figures.retained_sites {
+                if of_capture(&stack) {
+                    figures.retained = figures.retained.saturating_sub(bytes);
+                }
+            }
+            for &(stack, bytes, _) in &figures.at_peak {
+                if of_capture(&stack) {
+                    figures.peak = figures.peak.saturating_sub(bytes);
+                }
+            }
+            figures.allocation_sites.retain(|s| !of_capture(&s.0));
+            figures.retained_sites.retain(|s| !of_capture(&s.0));
+            figures.at_peak.retain(|s| !of_capture(&s.0));
+        }
         let mut group = |sites: Vec<(StackId, usize, usize)>| -> Vec<SiteUsage> {
             // Several stacks can share a call site line: report per line.
             let mut by_line: HashMap<Frame, SiteUsage> = HashMap::new();
@@ -629,7 +754,7 @@ impl Measurement {
             figures
                 .allocation_sites
                 .into_iter()
-                .map(|(stack, n)| (stack, 0, n as usize))
+                .map(|(stack, n, _)| (stack, 0, n as usize))
                 .collect(),
         );
         allocating.sort_by_key(|s| std::cmp::Reverse(s.blocks));
@@ -644,6 +769,7 @@ impl Measurement {
             lost: figures.lost,
             others_unscoped: 0,
             others: figures.others,
+            measured_in: "",
         }
     }
 }
@@ -851,6 +977,47 @@ pub mod __private {
         }
         no_escaped_work(&m, message);
         result
+    }
+
+    impl Measurement {
+        /// Fails (panics at the caller's line, with the sites at the peak) unless the peak stayed
+        /// strictly below `limit` (bytes, or a string such as `"64 KiB"`), as
+        /// [`assert_peak_below!`](crate::assert_peak_below) does: the form for a measurement
+        /// taken otherwise, such as `measure_future(…).await`. It also fails when other threads
+        /// ran this code's work outside the scope meanwhile ([`Measurement::escaped_work`]).
+        #[track_caller]
+        pub fn assert_peak_below(&self, limit: impl Limit) {
+            let limit = limit_bytes(limit);
+            if self.peak >= limit {
+                fail(None, PeakReport { m: self, limit }.to_string());
+            }
+            no_escaped_work(self, None);
+        }
+
+        /// Fails unless nothing made in the scope is still live, as
+        /// [`assert_no_leaks!`](crate::assert_no_leaks) does (escaped work included).
+        #[track_caller]
+        pub fn assert_no_leaks(&self) {
+            if self.retained > 0 {
+                fail(None, LeakReport(self).to_string());
+            }
+            no_escaped_work(self, None);
+        }
+
+        /// Fails when the scope made more than `max` allocations, as
+        /// [`assert_allocations!`](crate::assert_allocations) does (a negative `max` is refused;
+        /// escaped work included). `assert_allocations_at_most(0)` is `assert_no_alloc!`'s check.
+        #[track_caller]
+        pub fn assert_allocations_at_most<T>(&self, max: T)
+        where
+            T: TryInto<u64> + Copy + fmt::Display,
+        {
+            let max = count_limit(max);
+            if self.allocations > max {
+                fail(None, AllocationReport { m: self, max }.to_string());
+            }
+            no_escaped_work(self, None);
+        }
     }
 
     /// A verdict that held for the scope is no pass when other threads ran the program's code
