@@ -38,6 +38,44 @@ macro_rules! assert_no_leaks {
     };
 }
 
+/// Fails if a call stack of `expr`'s still holds `limit` bytes or more when it finishes, as
+/// pytest-memray's `limit_leaks`: per distinct stack, so a cache that keeps a few small blocks
+/// passes while a growing leak fails. With `filter = |tb| …`, only the stacks the filter keeps
+/// count (leave out known ones: a runtime's lazy thread-local, a pool's teardown). The failure
+/// lists the stacks over the limit.
+///
+/// ```no_run
+/// # #[global_allocator] static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new();
+/// # fn handle() {}
+/// tracealloc::assert_leaks_below!("1 KiB", { handle(); });
+/// tracealloc::assert_leaks_below!("1 KiB", { handle(); }, filter = |tb| !tb.mentions("tokio::runtime"));
+/// ```
+#[macro_export]
+macro_rules! assert_leaks_below {
+    ($limit:expr, $expr:expr, filter = $filter:expr $(,)?) => {
+        $crate::__private::leaks_below($limit, &$filter, || $expr, ::core::option::Option::None)
+    };
+    ($limit:expr, $expr:expr, filter = $filter:expr, $($arg:tt)+) => {
+        $crate::__private::leaks_below(
+            $limit,
+            &$filter,
+            || $expr,
+            ::core::option::Option::Some(::std::format!($($arg)+)),
+        )
+    };
+    ($limit:expr, $expr:expr $(,)?) => {
+        $crate::__private::leaks_below($limit, &|_| true, || $expr, ::core::option::Option::None)
+    };
+    ($limit:expr, $expr:expr, $($arg:tt)+) => {
+        $crate::__private::leaks_below(
+            $limit,
+            &|_| true,
+            || $expr,
+            ::core::option::Option::Some(::std::format!($($arg)+)),
+        )
+    };
+}
+
 /// Fails if `expr` makes more than `max` allocations (reallocations count). The failure lists
 /// the sites that allocated most often.
 #[macro_export]

@@ -148,6 +148,8 @@ pub struct Measurement {
     /// The measured closure or `async` block (`crate::module::test_name::{{closure}}`), "" if
     /// unknown.
     measured_in: &'static str,
+    /// Every stack still live at the end (stack, bytes, blocks).
+    retained_stacks: Vec<(StackId, usize, usize)>,
 }
 
 /// The name of a closure or `async` block of type `F` as symbols show it
@@ -318,6 +320,28 @@ impl Measurement {
     /// Up to 10 call sites by number of allocations made (`blocks`), most first.
     pub fn top_allocating(&self) -> &[SiteUsage] {
         &self.allocating
+    }
+
+    /// Every distinct call stack still holding memory at the end, largest first (not grouped by
+    /// line, and not cut at 10): what a per-stack leak check
+    /// ([`assert_leaks_below!`](crate::assert_leaks_below)) looks at.
+    pub fn leaks(&self) -> Vec<SiteUsage> {
+        let _quiet = Guard::enter();
+        let mut leaks: Vec<SiteUsage> = self
+            .retained_stacks
+            .iter()
+            .map(|&(stack, bytes, blocks)| SiteUsage {
+                size: bytes,
+                blocks,
+                traceback: snapshot::traceback_of(stack, tracer::limit(), tracer::capture_cap()),
+            })
+            .collect();
+        leaks.sort_by(|a, b| {
+            (b.size, b.blocks)
+                .cmp(&(a.size, a.blocks))
+                .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
+        });
+        leaks
     }
 }
 
@@ -749,6 +773,7 @@ impl Measurement {
             sites
         };
         let at_peak = group(figures.at_peak);
+        let retained_stacks = figures.retained_sites.clone();
         let retained_sites = group(figures.retained_sites);
         let mut allocating = group(
             figures
@@ -770,6 +795,7 @@ impl Measurement {
             others_unscoped: 0,
             others: figures.others,
             measured_in: "",
+            retained_stacks,
         }
     }
 }
@@ -980,6 +1006,28 @@ pub mod __private {
     }
 
     impl Measurement {
+        /// Fails when a call stack made in the scope still holds `limit` bytes or more at the
+        /// end (per distinct stack, as pytest-memray's `limit_leaks`), as
+        /// [`assert_leaks_below!`](crate::assert_leaks_below) does (escaped work included).
+        #[track_caller]
+        pub fn assert_leaks_below(&self, limit: impl Limit) {
+            let limit = limit_bytes(limit);
+            check_leaks(self, limit, &|_| true, None);
+        }
+
+        /// [`assert_leaks_below`](Self::assert_leaks_below) for the stacks `consider` keeps:
+        /// leave out known stacks (a runtime's lazy thread-local, a pool's teardown) with
+        /// `|tb| !tb.mentions("tokio::runtime")`.
+        #[track_caller]
+        pub fn assert_leaks_below_where(
+            &self,
+            limit: impl Limit,
+            consider: impl Fn(&Traceback) -> bool,
+        ) {
+            let limit = limit_bytes(limit);
+            check_leaks(self, limit, &consider, None);
+        }
+
         /// Fails (panics at the caller's line, with the sites at the peak) unless the peak stayed
         /// strictly below `limit` (bytes, or a string such as `"64 KiB"`), as
         /// [`assert_peak_below!`](crate::assert_peak_below) does: the form for a measurement
@@ -1017,6 +1065,79 @@ pub mod __private {
                 fail(None, AllocationReport { m: self, max }.to_string());
             }
             no_escaped_work(self, None);
+        }
+    }
+
+    #[track_caller]
+    pub fn leaks_below<R>(
+        limit: impl Limit,
+        consider: &dyn Fn(&Traceback) -> bool,
+        f: impl FnOnce() -> R,
+        message: Option<String>,
+    ) -> R {
+        let limit = limit_bytes(limit);
+        let (result, m) = measured(f);
+        check_leaks(&m, limit, consider, message);
+        result
+    }
+
+    /// Every stack `consider` keeps stays below `limit` live bytes at the end.
+    #[track_caller]
+    fn check_leaks(
+        m: &Measurement,
+        limit: usize,
+        consider: &dyn Fn(&Traceback) -> bool,
+        message: Option<String>,
+    ) {
+        if m.retained >= limit.max(1) {
+            let over: Vec<SiteUsage> = m
+                .leaks()
+                .into_iter()
+                .filter(|s| s.size >= limit && consider(&s.traceback))
+                .collect();
+            if !over.is_empty() {
+                fail(
+                    message,
+                    LeakLimitReport {
+                        m,
+                        over: &over,
+                        limit,
+                    }
+                    .to_string(),
+                );
+            }
+        }
+        no_escaped_work(m, message);
+    }
+
+    struct LeakLimitReport<'a> {
+        m: &'a Measurement,
+        over: &'a [SiteUsage],
+        limit: usize,
+    }
+
+    impl fmt::Display for LeakLimitReport<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let n = self.over.len();
+            write!(
+                f,
+                "tracealloc: {n} call stack{} still hold{} {} or more at the end of the measured \
+                 code (the limit per stack{}; {} retained in all)",
+                plural(n),
+                if n == 1 { "s" } else { "" },
+                size(self.limit),
+                if size(self.limit) == format!("{} B", self.limit) {
+                    String::new()
+                } else {
+                    format!(": {} B", self.limit)
+                },
+                size(self.m.retained)
+            )?;
+            write_sites(f, &self.over[..n.min(10)], "block")?;
+            if n > 10 {
+                write!(f, "\n  and {} more stacks", n - 10)?;
+            }
+            write_others(f, self.m.others_unscoped)
         }
     }
 

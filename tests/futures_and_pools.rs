@@ -126,6 +126,14 @@ fn a_spawned_task_counts_when_it_carries_the_scope() {
         "and the measurement says others allocated outside any scope:\n{bare}"
     );
     assert!(bare.to_string().contains("Scope::wrap_future"), "{bare}");
+    // The spawned task runs a block written inside the measured one: the check on the
+    // measurement cannot pass, whatever the harness.
+    assert!(!bare.escaped_work().is_empty(), "{bare}");
+    let failed = std::panic::catch_unwind(|| bare.assert_allocations_at_most(100)).unwrap_err();
+    let failed = failed.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(failed.contains("cannot pass"), "{failed}");
+    assert!(carried.escaped_work().is_empty(), "{carried}");
+    carried.assert_allocations_at_most(100);
 }
 
 /// Allocates a `Vec<u64>` of `n` elements (one block of `8 n` bytes) and returns it.

@@ -47,3 +47,91 @@ fn a_leak_is_still_a_leak_when_the_code_prints() {
         .unwrap_or_default();
     assert!(message.contains("64 B"), "{message}");
 }
+
+static CACHE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps a small block in a cache that lives on (a known, bounded "leak").
+#[inline(never)]
+fn cached_small() -> u32 {
+    CACHE.lock().unwrap().push(vec![1; 100]);
+    line!() - 1
+}
+
+/// Forgets a large block (a real leak).
+#[inline(never)]
+fn leak_large() -> u32 {
+    std::mem::forget(vec![2u8; 5000]);
+    line!() - 1
+}
+
+#[test]
+fn per_stack_leak_limits_and_filters() {
+    CACHE.lock().unwrap().reserve(100);
+    let (lines, m) = tracealloc::measure(|| (cached_small(), cached_small(), leak_large()));
+    let leaks = m.leaks();
+    assert!(
+        leaks
+            .iter()
+            .any(|s| s.size == 5000 && s.traceback.call_site().lineno == lines.2),
+        "{leaks:?}"
+    );
+    assert_eq!(leaks.iter().map(|s| s.size).sum::<usize>(), m.retained());
+
+    let message = |r: std::thread::Result<()>| {
+        let e = r.expect_err("the leak check must fail");
+        e.downcast_ref::<String>().cloned().unwrap_or_default()
+    };
+    // The cache's 100 B blocks stay under the limit; the 5000 B leak does not.
+    let failed = message(std::panic::catch_unwind(|| {
+        tracealloc::assert_leaks_below!("1 KiB", {
+            cached_small();
+            leak_large();
+        })
+    }));
+    assert!(
+        failed.contains("1 call stack still holds 1024 B or more"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains(&format!("tests/harness.rs:{}", leak_large_line())),
+        "{failed}"
+    );
+    assert!(
+        !failed.contains(&format!("tests/harness.rs:{}", cached_small_line())),
+        "the cache's stack is under the limit\n{failed}"
+    );
+    // Small leaks pass; a filter leaves a known stack out.
+    tracealloc::assert_leaks_below!("1 KiB", {
+        cached_small();
+    });
+    tracealloc::assert_leaks_below!(
+        "1 KiB",
+        {
+            leak_large();
+        },
+        filter = |tb: &tracealloc::Traceback| !tb.mentions("leak_large")
+    );
+    let (_, m) = tracealloc::measure(|| {
+        leak_large();
+    });
+    m.assert_leaks_below_where("1 KiB", |tb| !tb.mentions("harness::leak_large"));
+    let checked = message(std::panic::catch_unwind(|| m.assert_leaks_below(5000)));
+    assert!(checked.contains("5000 B"), "{checked}");
+    m.assert_leaks_below(5001);
+    // A nonsense limit is an error that names it.
+    let bad = message(std::panic::catch_unwind(|| {
+        tracealloc::assert_leaks_below!("12 parsecs", {})
+    }));
+    assert!(bad.contains("12 parsecs"), "{bad}");
+}
+
+fn leak_large_line() -> u32 {
+    // The line of the `vec!` in `leak_large` (the function leaks one block to say where).
+    let (line, _) = tracealloc::measure(leak_large);
+    line
+}
+
+fn cached_small_line() -> u32 {
+    let (line, _) = tracealloc::measure(cached_small);
+    line
+}

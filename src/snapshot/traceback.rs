@@ -542,6 +542,15 @@ impl Traceback {
         }
     }
 
+    /// Whether any frame, the machinery included, has `needle` in its function name or file
+    /// path: for filters such as a leak check's (`|tb| !tb.mentions("tokio::runtime")`).
+    pub fn mentions(&self, needle: &str) -> bool {
+        self.machinery()
+            .iter()
+            .chain(self.frames())
+            .any(|f| f.function.contains(needle) || f.path.contains(needle))
+    }
+
     /// The call site: the innermost frame in the program's own code.
     pub fn call_site(&self) -> &Frame {
         let (all, g) = self.view();
