@@ -390,8 +390,23 @@ fn write_others(f: &mut fmt::Formatter<'_>, n: u64) -> fmt::Result {
     )
 }
 
+/// A size as tracemalloc rounds it, with the exact count beside it once they differ
+/// (`12.3 KiB (12,593 B)`).
 fn size(bytes: usize) -> String {
-    format_size(bytes as f64, false)
+    let rounded = format_size(bytes as f64, false);
+    if rounded.ends_with(" B") {
+        rounded
+    } else {
+        let digits = bytes.to_string();
+        let mut exact = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                exact.push(',');
+            }
+            exact.push(c);
+        }
+        format!("{rounded} ({exact} B)")
+    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -412,6 +427,17 @@ fn write_sites(f: &mut fmt::Formatter<'_>, sites: &[SiteUsage], unit: &str) -> f
         );
         write_site(f, &head, &site.traceback)?;
     }
+    if sites
+        .iter()
+        .any(|s| origin::known_path(s.traceback.call_site()).is_none())
+    {
+        write!(
+            f,
+            "\n  note: some sites have no line information: the test binary was built without \
+             debug info (a profile with `debug = false` or `strip`); `debug = \"line-tables-only\"` \
+             is enough"
+        )?;
+    }
     Ok(())
 }
 
@@ -419,8 +445,32 @@ fn write_sites(f: &mut fmt::Formatter<'_>, sites: &[SiteUsage], unit: &str) -> f
 fn write_site(f: &mut fmt::Formatter<'_>, head: &str, traceback: &Traceback) -> fmt::Result {
     let at = traceback.call_site();
     write!(f, "\n  {head} at {at} in {}", at.function)?;
+    let mut last = None;
     for caller in callers(traceback) {
         write!(f, "\n      {caller} in {}", caller.function)?;
+        last = Some(caller);
+    }
+    // The outermost frame of the program's own code (the test), when deeper than that; not
+    // the closure `#[test]` wraps the test function in, but the function.
+    let own: Vec<&Frame> = traceback
+        .shown()
+        .iter()
+        .skip(1)
+        .filter(|f| origin::of_frame(f) == origin::Kind::Own)
+        .collect();
+    let outermost = match own.as_slice() {
+        [.., inner, outer]
+            if outer.function.strip_suffix("::{{closure}}") == Some(&*inner.function) =>
+        {
+            Some(*inner)
+        }
+        [.., outer] => Some(*outer),
+        [] => None,
+    };
+    if let (Some(last), Some(outer)) = (last, outermost) {
+        if !std::ptr::eq(last, outer) {
+            write!(f, "\n      ...\n      {outer} in {}", outer.function)?;
+        }
     }
     Ok(())
 }

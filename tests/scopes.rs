@@ -321,6 +321,8 @@ fn parse(n: usize) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn failure_messages_name_the_lines() {
     let (b, t, p) = (BYTES_LINE, PARSE_TABLE_LINE, PARSE_LINE);
+    // A site deeper than two frames ends with the outermost frame of the program: the test.
+    let outer = line!() + 1;
     let msg = panic_message(|| {
         tracealloc::assert_peak_below!("1.0 KiB", parse(2048));
     });
@@ -330,11 +332,14 @@ fn failure_messages_name_the_lines() {
             "tracealloc: peak 2560 B reached the limit 1024 B\n\
              \x20 2560 B in 2 blocks at tests/scopes.rs:{b} in scopes::bytes\n\
              \x20     tests/scopes.rs:{t} in scopes::parse_table\n\
-             \x20     tests/scopes.rs:{p} in scopes::parse"
+             \x20     tests/scopes.rs:{p} in scopes::parse\n\
+             \x20     ...\n\
+             \x20     tests/scopes.rs:{outer} in scopes::failure_messages_name_the_lines"
         )
     );
 
     let mut line = 0;
+    let outer = line!() + 1;
     let msg = panic_message(|| {
         line = line!() + 2;
         let _leak = tracealloc::assert_no_leaks!(
@@ -350,10 +355,13 @@ fn failure_messages_name_the_lines() {
              tracealloc: 300 B leaked: still live at the end of the measured code (1 block at the sites below)\n\
              \x20 300 B in 1 block at tests/scopes.rs:{b} in scopes::bytes\n\
              \x20     tests/scopes.rs:{t} in scopes::parse_table\n\
-             \x20     tests/scopes.rs:{line} in scopes::failure_messages_name_the_lines::{{{{closure}}}}::{{{{closure}}}}"
+             \x20     tests/scopes.rs:{line} in scopes::failure_messages_name_the_lines::{{{{closure}}}}::{{{{closure}}}}\n\
+             \x20     ...\n\
+             \x20     tests/scopes.rs:{outer} in scopes::failure_messages_name_the_lines"
         )
     );
 
+    let outer = line!() + 1;
     let msg = panic_message(|| {
         tracealloc::assert_allocations!(1, parse(100));
     });
@@ -363,13 +371,16 @@ fn failure_messages_name_the_lines() {
             "tracealloc: 2 allocations, more than the limit of 1\n\
              \x20 2 allocations at tests/scopes.rs:{b} in scopes::bytes\n\
              \x20     tests/scopes.rs:{t} in scopes::parse_table\n\
-             \x20     tests/scopes.rs:{p} in scopes::parse"
+             \x20     tests/scopes.rs:{p} in scopes::parse\n\
+             \x20     ...\n\
+             \x20     tests/scopes.rs:{outer} in scopes::failure_messages_name_the_lines"
         )
     );
 
     let mut line = 0;
     // A size no other closure here uses: optimized builds merge identical closures, and the
     // traceback would then name the other one's line.
+    let outer = line!() + 1;
     let msg = panic_message(|| {
         line = line!() + 1;
         tracealloc::assert_no_alloc!(bytes(37));
@@ -380,7 +391,9 @@ fn failure_messages_name_the_lines() {
             "tracealloc: 1 allocation where none were allowed\n\
              \x20 1 allocation at tests/scopes.rs:{b} in scopes::bytes\n\
              \x20     tests/scopes.rs:{line} in scopes::failure_messages_name_the_lines::{{{{closure}}}}::{{{{closure}}}}\n\
-             \x20     tests/scopes.rs:{line} in scopes::failure_messages_name_the_lines::{{{{closure}}}}"
+             \x20     tests/scopes.rs:{line} in scopes::failure_messages_name_the_lines::{{{{closure}}}}\n\
+             \x20     ...\n\
+             \x20     tests/scopes.rs:{outer} in scopes::failure_messages_name_the_lines"
         )
     );
 
@@ -428,6 +441,7 @@ fn small(n: usize) -> Vec<u16> {
 fn the_site_list_is_ordered_by_size() {
     let (b, s) = (BYTES_LINE, SMALL_LINE);
     let mut line = 0;
+    let outer = line!() + 1;
     let msg = panic_message(|| {
         line = line!() + 1;
         tracealloc::assert_peak_below!(4096, (small(100), bytes(3000), small(1000), small(10)));
@@ -439,9 +453,13 @@ fn the_site_list_is_ordered_by_size() {
              \x20 3000 B in 1 block at tests/scopes.rs:{b} in scopes::bytes\n\
              \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}::{{{{closure}}}}\n\
              \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}\n\
+             \x20     ...\n\
+             \x20     tests/scopes.rs:{outer} in scopes::the_site_list_is_ordered_by_size\n\
              \x20 2220 B in 3 blocks at tests/scopes.rs:{s} in scopes::small\n\
              \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}::{{{{closure}}}}\n\
-             \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}"
+             \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}\n\
+             \x20     ...\n\
+             \x20     tests/scopes.rs:{outer} in scopes::the_site_list_is_ordered_by_size"
         )
     );
 }
