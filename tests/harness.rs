@@ -135,3 +135,22 @@ fn cached_small_line() -> u32 {
     let (line, _) = tracealloc::measure(cached_small);
     line
 }
+
+#[test]
+fn large_sizes_carry_the_exact_count() {
+    let failed = std::panic::catch_unwind(|| {
+        tracealloc::assert_peak_below!("10 KiB", kept(20_000));
+    })
+    .expect_err("20,000 B is over 10 KiB");
+    let failed = failed.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        failed.starts_with(
+            "tracealloc: peak 19.5 KiB (20,000 B) reached the limit 10.0 KiB (10,240 B)"
+        ),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("19.5 KiB (20,000 B) in 1 block at tests/harness.rs:"),
+        "{failed}"
+    );
+}
