@@ -77,6 +77,7 @@
 //!
 //! See the README's "Overhead" section and `benches/README.md` for measured figures.
 
+mod build;
 mod control;
 mod counters;
 mod deferred;

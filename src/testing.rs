@@ -987,6 +987,16 @@ pub mod __private {
 
     #[track_caller]
     fn fail(message: Option<String>, report: String) -> ! {
+        // The first failing assertion of a process built without optimizing tracealloc says so
+        // (why the tests ran slowly), once.
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let unoptimized =
+            crate::build::UNOPTIMIZED && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed);
+        let report = if unoptimized {
+            format!("{report}\n  note: {}", crate::build::UNOPTIMIZED_NOTE)
+        } else {
+            report
+        };
         match message {
             Some(m) => panic!("{m}\n{report}"),
             None => panic!("{report}"),

@@ -154,3 +154,14 @@ fn large_sizes_carry_the_exact_count() {
         "{failed}"
     );
 }
+
+#[test]
+fn an_unoptimized_build_says_so_in_the_snapshot_notes() {
+    let snapshot = tracealloc::take_snapshot().unwrap();
+    let said = snapshot
+        .notes()
+        .iter()
+        .any(|n| n.starts_with("tracealloc is compiled without optimization"));
+    // This crate's own test profile: the dev profile (opt-level 0) in debug, 3 in release.
+    assert_eq!(said, cfg!(debug_assertions), "{:?}", snapshot.notes());
+}

@@ -468,6 +468,15 @@ impl Snapshot {
         if let Some(note) = self.lines_note() {
             notes.push(note);
         }
+        // Taken by this process, whose tracealloc is compiled at `opt-level = 0`.
+        if crate::build::UNOPTIMIZED
+            && self
+                .origin
+                .as_ref()
+                .is_some_and(|o| o.pid == std::process::id())
+        {
+            notes.push(crate::build::UNOPTIMIZED_NOTE.to_owned());
+        }
         notes
     }
 }
