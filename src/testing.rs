@@ -1223,10 +1223,9 @@ pub mod __private {
             write!(
                 f,
                 "tracealloc: cannot pass: other threads ran this program's code outside any \
-                 measurement scope while the measured code ran, and allocated {n} block{} ({} \
-                 bytes, {}) that the figures leave out",
+                 measurement scope while the measured code ran, and allocated {n} block{} ({}) \
+                 that the figures leave out",
                 plural(n),
-                bytes,
                 size(bytes)
             )?;
             for site in self.0 {
