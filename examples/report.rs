@@ -11,10 +11,21 @@ use std::time::Duration;
 use tracealloc::{GroupBy, Metric, Timeline};
 
 #[global_allocator]
-static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new().peak_breakdown(true);
+static GLOBAL: tracealloc::Tracer = tracealloc::Tracer::new().block_lifetimes(true);
 
 #[path = "shared/index_workload.rs"]
 mod workload;
+
+/// The classic temporary: a `format!` in a loop, each string freed before the next is made.
+/// DHAT's viewer lists it under "Total (blocks), short-lived".
+fn labels() -> usize {
+    let mut longest = 0;
+    for doc in 0..50_000 {
+        let label = format!("doc-{doc}");
+        longest = longest.max(std::hint::black_box(label).len());
+    }
+    longest
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args_os()
@@ -25,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let timeline = Timeline::start(Duration::from_millis(20))?;
     let built = workload::run();
+    labels();
     let snapshot = tracealloc::take_snapshot()?;
     let series = timeline.stop();
 

@@ -9,6 +9,8 @@
 //! - `TRACEALLOC_PEAK=0` or `1`: keep the per-stack breakdown of the peak or not (overrides
 //!   `Tracer::peak_breakdown`). Off by default, on when `TRACEALLOC_REPORT` or
 //!   `TRACEALLOC_DUMP` is set.
+//! - `TRACEALLOC_LIFETIMES=0` or `1`: measure block lifetimes for DHAT files or not (overrides
+//!   `Tracer::block_lifetimes`; on, it turns the peak breakdown on unless `TRACEALLOC_PEAK=0`).
 //! - `TRACEALLOC_ATTRIBUTION=innermost`: attribute traces to their innermost frame outside the
 //!   allocator and std, dependencies included, instead of the program's own line (`own`, the
 //!   default); see `Attribution`.
@@ -51,11 +53,26 @@ fn var(name: &CStr) -> Option<&'static [u8]> {
 
 /// `TRACEALLOC_PEAK`, when set to a value it understands (a bad value: a warning, `None`).
 pub(crate) fn peak_switch() -> Option<bool> {
-    match var(c"TRACEALLOC_PEAK")? {
+    switch(
+        c"TRACEALLOC_PEAK",
+        "tracealloc: ignoring TRACEALLOC_PEAK: expected 0 or 1\n",
+    )
+}
+
+/// `TRACEALLOC_LIFETIMES`, as [`peak_switch`].
+pub(crate) fn lifetimes_switch() -> Option<bool> {
+    switch(
+        c"TRACEALLOC_LIFETIMES",
+        "tracealloc: ignoring TRACEALLOC_LIFETIMES: expected 0 or 1\n",
+    )
+}
+
+fn switch(name: &CStr, warning: &str) -> Option<bool> {
+    match var(name)? {
         b"1" | b"on" | b"true" | b"yes" => Some(true),
         b"0" | b"off" | b"false" | b"no" => Some(false),
         _ => {
-            say("tracealloc: ignoring TRACEALLOC_PEAK: expected 0 or 1\n");
+            say(warning);
             None
         }
     }

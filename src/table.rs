@@ -74,6 +74,11 @@ struct Site {
     /// temporary allocations), and their bytes.
     temporary_blocks: u64,
     temporary_bytes: u64,
+    /// Block lifetimes, in [`counters::ticks`], kept with the peak breakdown: the sum of the
+    /// times the site's blocks left the table minus the sum of the times they entered it
+    /// (wrapping). With the site's live blocks counted to a time `t`, `lifetime + live_blocks
+    /// × t` is the sum of every block's lifetime to `t`: no timestamp per block.
+    lifetime: u128,
 }
 
 impl Site {
@@ -111,6 +116,10 @@ pub(crate) struct SiteFigures {
     pub(crate) peak_blocks: u64,
     pub(crate) temporary_bytes: u64,
     pub(crate) temporary_blocks: u64,
+    /// Held now (kept with the peak breakdown only).
+    pub(crate) live_blocks: u64,
+    /// See `Site::lifetime`; meaningful when [`SitesCopy::lifetimes`] is.
+    pub(crate) lifetime: u128,
 }
 
 /// Power-of-two buckets of requested sizes: bucket `i > 0` counts sizes from `2^(i-1)` to
@@ -323,6 +332,7 @@ impl Shard {
             epoch: counters::epoch(),
             temporary_blocks: 0,
             temporary_bytes: 0,
+            lifetime: 0,
         };
         change(&mut site);
         self.sites.insert_unique(h, site, |r| stack_hash(r.stack));
@@ -357,6 +367,9 @@ impl Shard {
                 |site, raised| {
                     site.live_bytes += weight.bytes;
                     site.live_blocks += weight.blocks;
+                    if lifetimes_wanted() {
+                        site.lifetime = site.lifetime.wrapping_sub(counters::ticks() as u128);
+                    }
                     if raised {
                         // This block made a new peak, which holds it.
                         site.peak_bytes = site.live_bytes;
@@ -393,6 +406,9 @@ impl Shard {
                 if peak {
                     site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
                     site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
+                    if lifetimes_wanted() {
+                        site.lifetime = site.lifetime.wrapping_add(counters::ticks() as u128);
+                    }
                 }
             },
         );
@@ -412,10 +428,24 @@ static PEAK_WANTED: AtomicBool = AtomicBool::new(PEAK_BREAKDOWN_DEFAULT);
 /// its unlock.
 static PEAK_KEPT: AtomicBool = AtomicBool::new(PEAK_BREAKDOWN_DEFAULT);
 
-/// The setting at the first allocation, before any record exists.
-pub(crate) fn init_detail(peak: bool) {
+/// Whether block lifetimes are kept (with the breakdown): set once, at the first allocation.
+static LIFETIMES_WANTED: AtomicBool = AtomicBool::new(false);
+/// Whether every site's `lifetime` covers all its blocks since the totals were last reset:
+/// they were kept all that time. Changed with every shard lock held, as `PEAK_KEPT`.
+static LIFETIMES: AtomicBool = AtomicBool::new(false);
+
+/// The settings at the first allocation, before any record exists.
+pub(crate) fn init_detail(peak: bool, lifetimes: bool) {
     PEAK_WANTED.store(peak, Relaxed);
-    PEAK_KEPT.store(peak && sample::mean() == 0, Relaxed);
+    LIFETIMES_WANTED.store(lifetimes && counters::HAS_TICKS, Relaxed);
+    let kept = peak && sample::mean() == 0;
+    PEAK_KEPT.store(kept, Relaxed);
+    LIFETIMES.store(kept && lifetimes_wanted(), Relaxed);
+}
+
+#[inline(always)]
+fn lifetimes_wanted() -> bool {
+    LIFETIMES_WANTED.load(Relaxed)
 }
 
 #[inline(always)]
@@ -457,6 +487,8 @@ pub(crate) fn set_detail(peak: bool) -> bool {
             shard.live = live;
         }
         counters::reset_peak();
+        // Blocks allocated, and blocks freed, while it was off have no times.
+        LIFETIMES.store(false, Relaxed);
     }
     PEAK_KEPT.store(kept, Relaxed);
     drop(shards);
@@ -628,6 +660,10 @@ pub(crate) fn restore(entry: Entry) -> bool {
             if peak {
                 site.live_bytes += weight.bytes;
                 site.live_blocks += weight.blocks;
+                // Its life goes on (the time between removal and now is lost from it).
+                if lifetimes_wanted() {
+                    site.lifetime = site.lifetime.wrapping_sub(counters::ticks() as u128);
+                }
             }
         },
     );
@@ -734,12 +770,16 @@ pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> SitesCopy {
                     peak_blocks,
                     temporary_bytes: site.temporary_bytes,
                     temporary_blocks: site.temporary_blocks,
+                    live_blocks: site.live_blocks,
+                    lifetime: site.lifetime,
                 }
             }));
         }
+        let lifetimes = peak && LIFETIMES.load(Relaxed);
         return SitesCopy {
             sizes,
             peak: peak.then_some(counters::peak_of(epoch)),
+            lifetimes: lifetimes.then(counters::ticks),
         };
     }
 }
@@ -749,6 +789,9 @@ pub(crate) struct SitesCopy {
     pub(crate) sizes: [u64; SIZE_BUCKETS],
     /// The traced peak the sites' peak figures belong to; `None` when they are not kept.
     pub(crate) peak: Option<u64>,
+    /// When the sites' lifetimes cover every block since the totals were reset: the time of
+    /// the copy, in [`counters::ticks`], to which live blocks count.
+    pub(crate) lifetimes: Option<u64>,
 }
 
 /// Runs `f` with every shard lock held: no table operation runs meanwhile (a reset of the
@@ -818,8 +861,17 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
             });
             if peak {
                 let epoch = counters::epoch();
+                let now = if lifetimes_wanted() {
+                    counters::ticks() as u128
+                } else {
+                    0
+                };
                 for site in shard.sites.iter_mut() {
                     site.sync(epoch);
+                    // The cleared blocks' lives end now.
+                    site.lifetime = site
+                        .lifetime
+                        .wrapping_add(now.wrapping_mul(site.live_blocks as u128));
                     site.live_bytes = 0;
                     site.live_blocks = 0;
                 }
@@ -837,7 +889,14 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
     then();
     // The sampling mean may have changed: the breakdown is kept for exact tracing only. The
     // sites hold nothing now, so either way their figures are right.
-    PEAK_KEPT.store(peak_breakdown_wanted() && sample::mean() == 0, Relaxed);
+    let was = peak_kept();
+    let kept = peak_breakdown_wanted() && sample::mean() == 0;
+    PEAK_KEPT.store(kept, Relaxed);
+    if reset_totals {
+        LIFETIMES.store(kept && lifetimes_wanted(), Relaxed);
+    } else if kept != was {
+        LIFETIMES.store(false, Relaxed);
+    }
     drop(shards);
 }
 

@@ -58,8 +58,11 @@ fn a_version_3_file_and_a_switched_off_peak_load() {
         (v4.program(), v4.taken_at(), v4.command_line()),
         (None, None, None)
     );
-    let v5 = load("valid.tracealloc").unwrap();
+    let v5 = load("valid_v5.tracealloc").unwrap();
     assert_eq!(v5.statistics(GroupBy::Line), v4.statistics(GroupBy::Line));
+    let v6 = load("valid.tracealloc").unwrap();
+    assert_eq!(v6.statistics(GroupBy::Line), v5.statistics(GroupBy::Line));
+    assert_eq!(v6.command_line(), v5.command_line());
     // The breakdown was switched off: the report says so, not merely nothing.
     let off = load("peak_switched_off.tracealloc").unwrap();
     assert!(off.at_peak().is_none());
@@ -75,6 +78,35 @@ fn a_version_3_file_and_a_switched_off_peak_load() {
     )
     .unwrap();
     assert_eq!(off.to_bytes(), original);
+}
+
+/// Version 6's block lifetimes reach DHAT's viewer; version 5 has none, and says so.
+#[cfg(feature = "dhat")]
+#[test]
+fn version_6_lifetimes_reach_dhat() {
+    let dhat = |name: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &load(name)
+                .unwrap()
+                .dhat_json(tracealloc::Metric::Allocated)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let v6 = dhat("valid.tracealloc");
+    assert_eq!(v6["bklt"], true);
+    // The peak 1.25 s after the start, the snapshot at 2.5 s.
+    assert_eq!(
+        (&v6["tg"], &v6["te"]),
+        (&1_250_000.into(), &2_500_000.into())
+    );
+    let pp = &v6["pps"][0];
+    // 7.5 s of lifetimes in µs; 8192 B in 4 blocks at the peak, 2112 B in 2 at the end.
+    assert_eq!(pp["tl"], 7_500_000);
+    assert_eq!((&pp["gb"], &pp["gbk"]), (&8192.into(), &4.into()));
+    assert_eq!((&pp["eb"], &pp["ebk"]), (&2112.into(), &2.into()));
+    assert_eq!((&pp["mb"], &pp["mbk"]), (&8192.into(), &4.into()));
+    assert_eq!(dhat("valid_v5.tracealloc")["bklt"], false);
 }
 
 #[test]
@@ -279,6 +311,21 @@ fn every_damaged_file_gets_its_own_error() {
             "temporaries_exceed_totals.bin",
             0,
             "more temporary allocations than allocations",
+        ),
+        (
+            "bad_lifetimes_flag.bin",
+            0,
+            "lifetimes flag 4 is neither 0 nor 1",
+        ),
+        (
+            "lifetime_traceback_out_of_range.bin",
+            0,
+            "a lifetime's traceback: index 2 out of range (only 1)",
+        ),
+        (
+            "absurd_lifetime_count.bin",
+            0,
+            "absurd count of lifetimes: 1099511627776",
         ),
     ];
     let mut problems = std::collections::HashSet::new();

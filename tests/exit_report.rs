@@ -47,7 +47,8 @@ fn run_child(how: &str, envs: &[(&str, &str)]) -> (String, String) {
         .env_remove("TRACEALLOC_REPORT")
         .env_remove("TRACEALLOC_DUMP")
         .env_remove("TRACEALLOC_FRAMES")
-        .env_remove("TRACEALLOC_PEAK");
+        .env_remove("TRACEALLOC_PEAK")
+        .env_remove("TRACEALLOC_LIFETIMES");
     for (k, v) in envs {
         command.env(k, v);
     }
@@ -187,13 +188,55 @@ fn dump_at_exit_loads() {
     assert_eq!((stat.size, stat.count), (3_333_333, 1));
 }
 
+/// `TRACEALLOC_LIFETIMES=1` puts block lifetimes in the dump, for DHAT's viewer; without it
+/// the dump's DHAT file says it has none.
+#[cfg(feature = "dhat")]
+#[test]
+fn lifetimes_reach_a_dump_only_when_asked() {
+    for (lifetimes, bklt) in [(Some("1"), true), (None, false), (Some("0"), false)] {
+        let path = std::env::temp_dir().join(format!(
+            "tracealloc-lifetimes-{}-{bklt}.tracealloc",
+            std::process::id()
+        ));
+        let mut envs = vec![("TRACEALLOC_DUMP", path.to_str().unwrap())];
+        envs.extend(lifetimes.map(|v| ("TRACEALLOC_LIFETIMES", v)));
+        run_child("free", &envs);
+        let snapshot = tracealloc::Snapshot::load(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&snapshot.dhat_json(tracealloc::Metric::Allocated).unwrap())
+                .unwrap();
+        assert_eq!(json["bklt"], bklt, "TRACEALLOC_LIFETIMES={lifetimes:?}");
+        if bklt {
+            // The 40 MB buffer is the peak ("At t-gmax").
+            let gb = json["pps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|pp| pp["gb"].as_u64().unwrap());
+            assert_eq!(gb.max(), Some(40_000_000));
+        }
+    }
+}
+
 #[test]
 fn bad_values_warn_once_and_the_program_runs_on() {
     let (stdout, stderr) = run_child(
         "return",
-        &[("TRACEALLOC_FRAMES", "lots"), ("TRACEALLOC_REPORT", "-1")],
+        &[
+            ("TRACEALLOC_FRAMES", "lots"),
+            ("TRACEALLOC_REPORT", "-1"),
+            ("TRACEALLOC_LIFETIMES", "maybe"),
+        ],
     );
     kept_line(&stdout);
+    assert_eq!(
+        stderr
+            .matches("tracealloc: ignoring TRACEALLOC_LIFETIMES: expected 0 or 1\n")
+            .count(),
+        1,
+        "{stderr}"
+    );
     assert_eq!(
         stderr
             .matches("tracealloc: ignoring TRACEALLOC_FRAMES: expected a number from 1 to 256")

@@ -307,6 +307,8 @@ fn dhat_json_has_what_dh_view_reads_and_its_totals_match() {
             assert!(json.get(field).is_some(), "{metric:?}: missing {field}");
         }
         assert_eq!(json["dhatFileVersion"], 2);
+        // No block lifetimes without `block_lifetimes`: the viewer must not show invented ones.
+        assert_eq!(json["bklt"], false, "{metric:?}");
         assert_eq!(json["ftbl"][0], "[root]");
         let ftbl = json["ftbl"].as_array().unwrap();
         let mut bytes = 0;

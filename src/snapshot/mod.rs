@@ -75,6 +75,15 @@ pub(crate) struct Peak {
     pub(crate) groups: Vec<PeakGroup>,
 }
 
+/// One stack's block lifetimes: the sum over every block it allocated since the totals were
+/// reset of the time the block lived (freed blocks to their release, live ones to the
+/// snapshot).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Lifetime {
+    pub(crate) nanos: u64,
+    pub(crate) traceback: Traceback,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PeakGroup {
     pub(crate) bytes: u64,
@@ -108,6 +117,8 @@ pub(crate) struct StackTotals {
     pub(crate) peak: Option<(u64, u64)>,
     /// Bytes and blocks of temporary allocations, when the snapshot knows its totals.
     pub(crate) temporary: Option<(u64, u64)>,
+    /// Nanoseconds its blocks lived, summed (see `Lifetime`), when the snapshot knows.
+    pub(crate) lifetime: Option<u64>,
 }
 
 /// Which process took a snapshot, and when: what pprof's mapping and time, DHAT's `cmd` and
@@ -167,6 +178,9 @@ pub struct Snapshot {
     capture_mode: CaptureMode,
     /// The process that took it and when; `None` for files before format version 5.
     origin: Option<Arc<Origin>>,
+    /// Per stack, its blocks' lifetimes; `None` when unknown (the peak breakdown was not kept
+    /// all along, no tick clock, files before format version 6).
+    lifetimes: Option<Vec<Lifetime>>,
 }
 
 impl Snapshot {
@@ -225,6 +239,7 @@ impl Snapshot {
             traceback_limit,
             capture_mode,
             origin: None,
+            lifetimes: None,
         }
     }
 
@@ -271,6 +286,17 @@ impl Snapshot {
                 .collect(),
             ..peak.clone()
         });
+        let lifetimes = self.lifetimes.as_ref().map(|lifetimes| {
+            lifetimes
+                .iter()
+                .filter_map(|l| {
+                    one(&l.traceback).map(|traceback| Lifetime {
+                        traceback,
+                        nanos: l.nanos,
+                    })
+                })
+                .collect()
+        });
         Snapshot {
             traces,
             released,
@@ -283,6 +309,7 @@ impl Snapshot {
             traceback_limit: self.traceback_limit,
             capture_mode: self.capture_mode,
             origin: self.origin.clone(),
+            lifetimes,
         }
     }
 
@@ -378,6 +405,7 @@ impl Snapshot {
             traceback_limit: self.traceback_limit,
             capture_mode: self.capture_mode,
             origin: self.origin.clone(),
+            lifetimes: None,
         })
     }
 
@@ -416,6 +444,7 @@ impl Snapshot {
             total: known.then_some((0, 0)),
             peak: peak_known.then_some((0, 0)),
             temporary: (known && self.temporaries_known).then_some((0, 0)),
+            lifetime: self.lifetimes.as_ref().map(|_| 0),
         };
         let add = |sum: &mut Option<(u64, u64)>, bytes: u64, blocks: u64| {
             if let Some(sum) = sum {
@@ -443,6 +472,14 @@ impl Snapshot {
                 .entry(g.traceback.identity())
                 .or_insert_with(|| empty(&g.traceback));
             add(&mut slot.peak, g.bytes, g.blocks);
+        }
+        for l in self.lifetimes.iter().flatten() {
+            let slot = by_stack
+                .entry(l.traceback.identity())
+                .or_insert_with(|| empty(&l.traceback));
+            if let Some(sum) = &mut slot.lifetime {
+                *sum = sum.saturating_add(l.nanos);
+            }
         }
         by_stack.into_values().collect()
     }
@@ -551,6 +588,8 @@ struct Sums {
     released: (u64, u64),
     peak: (u64, u64),
     temporary: (u64, u64),
+    live_blocks: u64,
+    lifetime: u128,
 }
 
 /// Copies the trace table and symbolizes it. Call with the reentrancy guard held. With `live`
@@ -565,6 +604,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
     let table::SitesCopy {
         sizes,
         peak: peak_bytes,
+        lifetimes: lifetimes_to,
     } = table::copy_sites_into(&mut sites);
     let peak_at = crate::counters::peak_since_start();
     let mut by_stack: HashMap<StackId, Sums> = HashMap::new();
@@ -579,8 +619,14 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
         slot.peak.1 += r.peak_blocks;
         slot.temporary.0 += r.temporary_bytes;
         slot.temporary.1 += r.temporary_blocks;
+        slot.live_blocks += r.live_blocks;
+        slot.lifetime = slot.lifetime.wrapping_add(r.lifetime);
     }
     drop(sites);
+    // Ticks to nanoseconds, when the lifetimes are known (a live snapshot only).
+    let tick_rate = lifetimes_to
+        .filter(|_| live)
+        .and_then(|to| Some((to, crate::counters::tick_rate()?)));
 
     let mut stack_ids: Vec<StackId> = entries
         .iter()
@@ -649,7 +695,22 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
     };
     let mut released = Vec::new();
     let mut groups = Vec::new();
+    let mut lifetimes = Vec::new();
     for (id, sums) in &by_stack {
+        if let Some((to, rate)) = tick_rate {
+            // Each live block counts to the copy's time.
+            let ticks = sums
+                .lifetime
+                .wrapping_add((to as u128).wrapping_mul(sums.live_blocks as u128));
+            // A sum that wrapped below zero (a clock read out of order across cores) is 0.
+            let ticks = if ticks > u128::MAX / 2 { 0 } else { ticks };
+            if sums.released.1 + sums.live_blocks > 0 {
+                lifetimes.push(Lifetime {
+                    nanos: (ticks as f64 / rate).min(u64::MAX as f64) as u64,
+                    traceback: traceback(id),
+                });
+            }
+        }
         if blocks(sums.released.1) > 0 {
             released.push(Released {
                 bytes: sums.released.0,
@@ -690,6 +751,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
             traceback_limit,
             capture_mode: capture::mode(),
             origin: Some(Arc::new(Origin::here())),
+            lifetimes: None,
         };
     }
     Snapshot {
@@ -704,6 +766,7 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
         traceback_limit,
         capture_mode: capture::mode(),
         origin: Some(Arc::new(Origin::here())),
+        lifetimes: (complete && tick_rate.is_some()).then_some(lifetimes),
     }
 }
 

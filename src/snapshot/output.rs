@@ -54,6 +54,8 @@ struct Shown {
     total: Option<(u64, u64)>,
     peak: Option<(u64, u64)>,
     temporary: Option<(u64, u64)>,
+    /// Nanoseconds its blocks lived, summed, when known.
+    lifetime: Option<u64>,
 }
 
 /// The frames an output shows: from the innermost frame outside the allocator and std (a
@@ -89,7 +91,11 @@ impl Snapshot {
                 total: s.total.map(|_| (0, 0)),
                 peak: s.peak.map(|_| (0, 0)),
                 temporary: s.temporary.map(|_| (0, 0)),
+                lifetime: s.lifetime.map(|_| 0),
             });
+            if let (Some(sum), Some(add)) = (&mut slot.lifetime, s.lifetime) {
+                *sum = sum.saturating_add(add);
+            }
             // Saturating: estimates from a sampled snapshot can be huge.
             slot.live_bytes = slot.live_bytes.saturating_add(s.live_bytes);
             slot.live_blocks = slot.live_blocks.saturating_add(s.live_blocks);
@@ -776,18 +782,41 @@ pub(crate) fn encode_pprof(
         })
 }
 
+/// DHAT's "short-lived" threshold, in microseconds of average lifetime.
+#[cfg(feature = "dhat")]
+const SHORT_LIVED_MICROS: u64 = 10;
+
 #[cfg(feature = "dhat")]
 impl Snapshot {
     /// The snapshot in DHAT's JSON format (version 2), which Valgrind's viewer `dh_view.html`
     /// opens. DHAT's "total" figures are the chosen metric: allocation totals with
     /// [`Metric::Allocated`] (DHAT's own meaning), bytes live at the snapshot with
-    /// [`Metric::Live`]. Block lifetimes, peaks over time and memory accesses are not
-    /// recorded by tracealloc, so the file says so (`bklt` and `bkacc` false) and the viewer
+    /// [`Metric::Live`].
+    ///
+    /// With [`Metric::Allocated`], a snapshot taken with block lifetimes and the peak breakdown
+    /// kept all along (see [`Tracer::block_lifetimes`](crate::Tracer::block_lifetimes)) also
+    /// fills DHAT's block lifetimes (`bklt`): each stack's average lifetime (so the viewer's "short-lived" sort
+    /// finds the temporaries), what it held at the traced peak ("At t-gmax", the viewer's
+    /// t-gmax sort) and at the snapshot ("At t-end"). DHAT's "Max" (the most a stack held at
+    /// any one time) is not measured by tracealloc: the file gives the larger of the two
+    /// moments it knows, the peak and the snapshot, a lower bound. Memory accesses are never
+    /// recorded (`bkacc` false), and without the breakdown `bklt` is false too: the viewer
     /// hides those columns rather than showing invented values.
     pub fn dhat_json(&self, metric: Metric) -> Result<String, Error> {
         // The tracer's own work, not the program's: untraced (frees still forget).
         let _quiet = crate::guard::Guard::enter();
         let rows = self.rows(metric)?;
+        // Per shown stack, its lifetimes and its figures at the peak and now.
+        #[allow(clippy::mutable_key_type)]
+        let lifetimes: Option<HashMap<ByShown, Shown>> = match (&self.peak, &self.lifetimes) {
+            (Some(_), Some(_)) if metric == Metric::Allocated => Some(
+                self.shown_stacks()
+                    .into_iter()
+                    .map(|s| (ByShown(s.traceback.clone()), s))
+                    .collect(),
+            ),
+            _ => None,
+        };
         let mut ftbl: Vec<String> = vec!["[root]".to_owned()];
         let mut frame_ids: HashMap<&Frame, usize> = HashMap::new();
         let mut pps = Vec::with_capacity(rows.len());
@@ -806,7 +835,28 @@ impl Snapshot {
                     })
                 })
                 .collect();
-            pps.push(serde_json::json!({ "tb": row.bytes, "tbk": row.blocks, "fs": fs }));
+            let mut pp = serde_json::json!({ "tb": row.bytes, "tbk": row.blocks, "fs": fs });
+            if let Some(shown) = lifetimes
+                .as_ref()
+                .and_then(|l| l.get(&ByShown(row.traceback.clone())))
+            {
+                let (gb, gbk) = shown.peak.unwrap_or_default();
+                let (eb, ebk) = (shown.live_bytes, shown.live_blocks);
+                let (mb, mbk) = if gb >= eb { (gb, gbk) } else { (eb, ebk) };
+                let tl = shown.lifetime.unwrap_or_default() / 1000;
+                for (key, value) in [
+                    ("tl", tl),
+                    ("mb", mb),
+                    ("mbk", mbk),
+                    ("gb", gb),
+                    ("gbk", gbk),
+                    ("eb", eb),
+                    ("ebk", ebk),
+                ] {
+                    pp[key] = value.into();
+                }
+            }
+            pps.push(pp);
         }
         let te = self.duration().map_or(0, |d| d.as_micros() as u64);
         let verb = match metric {
@@ -824,11 +874,11 @@ impl Snapshot {
                 0,
             ),
         };
-        let document = serde_json::json!({
+        let mut document = serde_json::json!({
             "dhatFileVersion": 2,
             "mode": "rust-heap (tracealloc)",
             "verb": verb,
-            "bklt": false,
+            "bklt": lifetimes.is_some(),
             "bkacc": false,
             "tu": "µs",
             "Mtu": "s",
@@ -838,6 +888,12 @@ impl Snapshot {
             "pps": pps,
             "ftbl": ftbl,
         });
+        if lifetimes.is_some() {
+            let tg = self.peak_time().map_or(te, |d| d.as_micros() as u64);
+            document["tg"] = tg.min(te).into();
+            // Blocks that live 10 µs or less on average are "short-lived".
+            document["tuth"] = SHORT_LIVED_MICROS.into();
+        }
         Ok(document.to_string())
     }
 

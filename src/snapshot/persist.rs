@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset 0   magic      8 bytes  "TRACEALC"
-//!        8   version    u32 LE   5 (files of versions 1 to 4 still load)
+//!        8   version    u32 LE   6 (files of versions 1 to 5 still load)
 //!        12  body_len   u64 LE   bytes of the body
 //!        20  crc32      u32 LE   CRC-32 of the body
 //!        24  body:
@@ -34,6 +34,9 @@
 //!            origin     u8 known (0 or 1); when 1: u64 nanoseconds since the Unix epoch when
 //!                       the snapshot was taken, u32 process id, then the executable's path and
 //!                       the command line, each as (u32 length, UTF-8 bytes)
+//!            version 6 and later:
+//!            lifetimes  u8 known (0 or 1); when 1: u64 count, then (u64 nanoseconds, u32
+//!                       traceback index): per stack, the lifetimes of its blocks summed
 //! ```
 //!
 //! Loading checks everything (magic, version, length, checksum, every count against the bytes
@@ -46,7 +49,8 @@
 //! 7 bytes (each needs an `Arc<str>` of 24 bytes for its 6 to 11 in the file).
 
 use super::{
-    Frame, Identity, Origin, Peak, PeakGroup, Released, Snapshot, Stack, Stacks, Trace, Traceback,
+    Frame, Identity, Lifetime, Origin, Peak, PeakGroup, Released, Snapshot, Stack, Stacks, Trace,
+    Traceback,
 };
 use crate::error::Error;
 use crate::stack::CaptureMode;
@@ -56,7 +60,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"TRACEALC";
-const VERSION: u32 = 5;
+const VERSION: u32 = 6;
 const HEADER: usize = 24;
 
 impl Snapshot {
@@ -112,6 +116,16 @@ impl Snapshot {
                     tracebacks.len() as u32 - 1
                 });
             peak_groups.push((g.bytes, g.blocks, id));
+        }
+        let mut lifetimes: Vec<(u64, u32)> = Vec::new();
+        for l in self.lifetimes.iter().flatten() {
+            let id = *traceback_ids
+                .entry(l.traceback.identity())
+                .or_insert_with(|| {
+                    tracebacks.push(&l.traceback);
+                    tracebacks.len() as u32 - 1
+                });
+            lifetimes.push((l.nanos, id));
         }
         for traceback in &tracebacks {
             for frame in traceback.all().iter() {
@@ -211,6 +225,14 @@ impl Snapshot {
             for text in [&origin.program, &origin.command] {
                 body.u32(text.len() as u32);
                 body.out.extend_from_slice(text.as_bytes());
+            }
+        }
+        body.out.push(u8::from(self.lifetimes.is_some()));
+        if self.lifetimes.is_some() {
+            body.u64(lifetimes.len() as u64);
+            for &(nanos, id) in &lifetimes {
+                body.u64(nanos);
+                body.u32(id);
             }
         }
 
@@ -391,6 +413,19 @@ impl Snapshot {
         } else {
             None
         };
+        let lifetimes = if version >= 6 && r.flag("the lifetimes flag", "lifetimes flag")? {
+            let n = r.count64("lifetimes", 12)?;
+            let mut lifetimes = Vec::with_capacity(n);
+            for _ in 0..n {
+                let nanos = r.u64("a lifetime")?;
+                let traceback =
+                    Traceback::loaded(&stacks, r.index(stacks.len(), "a lifetime's traceback")?);
+                lifetimes.push(Lifetime { nanos, traceback });
+            }
+            Some(lifetimes)
+        } else {
+            None
+        };
         if r.pos != bytes.len() {
             return Err(corrupt(
                 r.pos as u64,
@@ -409,6 +444,7 @@ impl Snapshot {
             traceback_limit: traceback_limit as usize,
             capture_mode,
             origin,
+            lifetimes,
         })
     }
 }
@@ -1061,8 +1097,8 @@ mod tests {
         body.u32(0);
         body.out.extend_from_slice(&[0, 0]);
         body.u64(0);
-        // No peak, no size histogram, no origin.
-        body.out.extend_from_slice(&[0, 0, 0]);
+        // No peak, no size histogram, no origin, no lifetimes.
+        body.out.extend_from_slice(&[0, 0, 0, 0]);
         let mut file = MAGIC.to_vec();
         file.extend_from_slice(&VERSION.to_le_bytes());
         file.extend_from_slice(&(body.out.len() as u64).to_le_bytes());

@@ -43,6 +43,29 @@ const DH_VIEW = process.env.DH_VIEW || '/usr/libexec/valgrind/dh_view.html';
     failed = true;
   }
   await page.screenshot({ path: path.join(out, 'dh_view.png'), fullPage: false });
+  // Block lifetimes are in the file: the t-gmax and short-lived sorts are enabled, the first
+  // lists the peak's lines, the second the report example's format! loop.
+  const options = await page.$$eval('select option', os => os.map(o => [o.label, o.disabled]));
+  const off = options.filter(([label, disabled]) => /t-gmax|short-lived/.test(label) && disabled);
+  if (off.length || !options.some(([label]) => /t-gmax/.test(label))) {
+    console.log('dh_view disables the lifetime sorts: ' + JSON.stringify(options));
+    failed = true;
+  }
+  for (const [label, want, shot] of [
+    ['At t-gmax (bytes)', /At t-gmax: [0-9.,]+ bytes[\s\S]*index_workload\.rs/, 'dh_view-tgmax.png'],
+    ['Total (blocks), short-lived', /avg lifetime [0-9.,]+ µs[\s\S]*report::labels/, 'dh_view-short.png'],
+  ]) {
+    await page.selectOption('select', { label });
+    await page.waitForTimeout(1000);
+    const shown = await page.locator('body').innerText();
+    const first = shown.split('\n').filter(l => /PP 1\/|At t-gmax:|avg lifetime|labels/.test(l)).slice(0, 3).join(' | ');
+    console.log(`dh_view ${label}: ${first}`);
+    if (!want.test(shown)) {
+      console.log(`dh_view sorted by ${label} does not show what it should: ` + shown.slice(0, 800));
+      failed = true;
+    }
+    await page.screenshot({ path: path.join(out, shot), fullPage: false });
+  }
 
   // Timeline chart, with the tracer's own tables as a line.
   await page.goto('file://' + path.resolve(timeline));

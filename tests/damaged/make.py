@@ -14,7 +14,8 @@ def u64(v): return struct.pack("<Q", v)
 
 def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=None,
          string_count=None, trace_count=None, raw_strings=None, totals=None, totals_flag=None, duration_flag=1, v2=None, sample_mean=0,
-         v3=False, peak=None, peak_flag=1, sizes=None, v5=False, origin=None, origin_flag=None):
+         v3=False, peak=None, peak_flag=1, sizes=None, v5=False, origin=None, origin_flag=None,
+         v6=False, lifetimes=None, lifetimes_flag=None, lifetime_count=None):
     strings = strings if strings is not None else ["src/main.rs", "/home/u/app/src/main.rs", "app::parse", "app::main"]
     frames = frames if frames is not None else [(0, 1, 2, 41), (0, 1, 3, 12)]
     tracebacks = tracebacks if tracebacks is not None else [([0, 1], 0, 16, 0)]
@@ -74,6 +75,13 @@ def body(limit=16, mode=1, strings=None, frames=None, tracebacks=None, traces=No
             for text in (program, command):
                 raw = text if isinstance(text, bytes) else text.encode()
                 out += u32(len(raw)) + raw
+    if v6:
+        # Version 6: per stack, the summed lifetimes of its blocks (nanoseconds, traceback).
+        out += u8((0 if lifetimes is None else 1) if lifetimes_flag is None else lifetimes_flag)
+        if lifetimes is not None:
+            out += u64(len(lifetimes) if lifetime_count is None else lifetime_count)
+            for nanos, tb in lifetimes:
+                out += u64(nanos) + u32(tb)
     return out
 
 def file(b, magic=b"TRACEALC", version=1, length=None, crc=None):
@@ -98,14 +106,23 @@ def v5(**kw):
     # Version 5 adds the origin after the size histogram.
     kw.setdefault("origin", ORIGIN)
     return v3(version=5, v5=True, **kw)
+LIFETIMES = [(7_500_000_000, 0)]
+def v6(**kw):
+    # Version 6 adds the block lifetimes after the origin.
+    kw.setdefault("lifetimes", LIFETIMES)
+    return v3(version=6, v5=True, v6=True, **{"origin": ORIGIN, **kw})
 cases = {
-    "valid.tracealloc": v5(),
+    "valid.tracealloc": v6(),
+    "valid_v5.tracealloc": v5(),
+    "bad_lifetimes_flag.bin": v6(lifetimes=None, lifetimes_flag=4),
+    "lifetime_traceback_out_of_range.bin": v6(lifetimes=[(1, 2)]),
+    "absurd_lifetime_count.bin": v6(lifetime_count=1 << 40),
     "valid_v4.tracealloc": v4(),
     "valid_v3.tracealloc": v3(),
     "bad_origin_flag.bin": v5(origin=None, origin_flag=7),
     "origin_not_utf8.bin": v5(origin=(1, 2, b"/srv/\xff", "app")),
     "valid_v2.tracealloc": file(body(totals=TOTALS), version=2),
-    "peak_switched_off.tracealloc": v5(peak=None, peak_flag=2, origin=None),
+    "peak_switched_off.tracealloc": v6(peak=None, peak_flag=2, origin=None, lifetimes=None),
     "bad_peak_flag.bin": v4(peak_flag=3),
     "v3_peak_flag_2.bin": v3(peak=None, peak_flag=2),
     "zero_block_peak_group.bin": v4(peak=(8192, 0, [(8192, 0, 0)])),
