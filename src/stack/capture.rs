@@ -111,7 +111,8 @@ fn tables(buf: &mut [MaybeUninit<usize>]) -> usize {
     if due {
         super::cfi::check_unloads();
     }
-    let (n, clean) = super::cfi::unwind(buf, stack_top());
+    let (_, sp) = frame_and_stack_pointer();
+    let (n, clean) = super::cfi::unwind(buf, stack_top_for(sp));
     if !clean && n < buf.len() {
         buf[n].write(CUT_SHORT);
         return n + 1;
@@ -300,34 +301,92 @@ fn unwind(buf: &mut [MaybeUninit<usize>]) -> usize {
 }
 
 thread_local! {
-    // Upper end of this thread's stack; 0 = not known yet. Const-initialized, no destructor.
-    static STACK_TOP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    // Lower and upper end of this thread's stack; (0, 0) = not known yet, (0, usize::MAX) =
+    // unknown. Const-initialized, no destructor.
+    static STACK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+    // The signal stack this thread last ran a traced allocation on, (0, 0) = none.
+    static SIGNAL_STACK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
 }
 
+/// The upper end of the stack `sp` is on: this thread's stack, or the signal stack a handler
+/// runs on; 0 (walk nothing) when it is neither or unknown.
+#[inline]
+fn stack_top_for(sp: usize) -> usize {
+    let (low, top) = STACK.try_with(|t| t.get()).unwrap_or((0, 0));
+    if sp >= low && sp < top {
+        return top;
+    }
+    other_stack_top(sp)
+}
+
+/// The top of this thread's stack (0 when unknown).
 #[inline]
 fn stack_top() -> usize {
-    let top = STACK_TOP.try_with(|t| t.get()).unwrap_or(usize::MAX);
-    match top {
-        0 => find_stack_top(),
-        usize::MAX => 0, // thread-locals gone: walk nothing
-        top => top,
+    match STACK.try_with(|t| t.get()) {
+        Ok((0, 0)) => find_stack().1,
+        Ok((_, usize::MAX)) | Err(_) => 0, // unknown, or thread-locals gone: walk nothing
+        Ok((_, top)) => top,
+    }
+}
+
+/// `sp` is outside this thread's stack as far as it is known: learn the stack the first time;
+/// then a signal handler on an alternate stack (`sigaltstack`, asked once per signal stack);
+/// anything else (a stack the program switched to itself) is walked not at all.
+#[cold]
+#[inline(never)]
+fn other_stack_top(sp: usize) -> usize {
+    let (low, top) = match STACK.try_with(|t| t.get()) {
+        Ok((0, 0)) => find_stack(),
+        Ok(known) => known,
+        Err(_) => return 0,
+    };
+    if top != usize::MAX && sp >= low && sp < top {
+        return top;
+    }
+    let (low, top) = SIGNAL_STACK.try_with(|t| t.get()).unwrap_or((0, 0));
+    if sp >= low && sp < top {
+        return top;
+    }
+    match signal_stack() {
+        Some((low, top)) if sp >= low && sp < top => {
+            let _ = SIGNAL_STACK.try_with(|t| t.set((low, top)));
+            top
+        }
+        _ => 0,
     }
 }
 
 #[cold]
 #[inline(never)]
-fn find_stack_top() -> usize {
-    let top = thread_stack_top().unwrap_or(usize::MAX);
-    let _ = STACK_TOP.try_with(|t| t.set(top));
-    if top == usize::MAX {
-        0
-    } else {
-        top
+fn find_stack() -> (usize, usize) {
+    let bounds = thread_stack().unwrap_or((0, usize::MAX));
+    let _ = STACK.try_with(|t| t.set(bounds));
+    bounds
+}
+
+/// The alternate signal stack this thread is running on, if it is (async-signal-safe).
+#[cfg(target_os = "linux")]
+fn signal_stack() -> Option<(usize, usize)> {
+    // SAFETY: asks for the current alternate stack only (no new one), into a valid local.
+    unsafe {
+        let mut current = std::mem::zeroed::<libc::stack_t>();
+        if libc::sigaltstack(std::ptr::null(), &mut current) != 0
+            || current.ss_flags & libc::SS_ONSTACK == 0
+        {
+            return None;
+        }
+        let low = current.ss_sp as usize;
+        Some((low, low.checked_add(current.ss_size)?))
     }
 }
 
+#[cfg(not(target_os = "linux"))]
+fn signal_stack() -> Option<(usize, usize)> {
+    None
+}
+
 #[cfg(target_os = "linux")]
-fn thread_stack_top() -> Option<usize> {
+fn thread_stack() -> Option<(usize, usize)> {
     // SAFETY: `attr` is initialized by pthread_getattr_np before use and destroyed once; the
     // out-pointers are valid locals. glibc allocates with its own malloc here, never ours.
     unsafe {
@@ -342,12 +401,12 @@ fn thread_stack_top() -> Option<usize> {
         if rc != 0 || addr.is_null() {
             return None;
         }
-        (addr as usize).checked_add(size)
+        Some((addr as usize, (addr as usize).checked_add(size)?))
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn thread_stack_top() -> Option<usize> {
+fn thread_stack() -> Option<(usize, usize)> {
     None
 }
 
@@ -373,8 +432,9 @@ pub(crate) fn fp_walk_hashed(buf: &mut [MaybeUninit<usize>]) -> (usize, u64) {
 fn walk(buf: &mut [MaybeUninit<usize>]) -> (usize, u64) {
     let (mut fp, sp) = frame_and_stack_pointer();
     let word = std::mem::size_of::<usize>();
-    // A record [fp, fp + 2 words) must end at or below the stack top: fp ≤ last.
-    let last = stack_top().saturating_sub(2 * word);
+    // A record [fp, fp + 2 words) must end at or below the top of the stack `sp` is on (a
+    // signal handler's alternate stack may lie above or below the thread's): fp ≤ last.
+    let last = stack_top_for(sp).saturating_sub(2 * word);
     let mut hash = super::intern::HASH_START;
     // Records move strictly towards the top (checked below), so once above `sp` they stay so.
     if fp < sp {
