@@ -166,7 +166,47 @@ struct Shard {
     held: u64,
 }
 
+/// A shard's live table is given back once it holds fewer records than 1/`SHRINK_BELOW` of its
+/// buckets, and only from `SHRINK_FLOOR` buckets up (small tables are not worth the rehash).
+/// Buckets, not `capacity()`: a removal often leaves a tombstone, which takes from the
+/// capacity what it gives to nothing.
+const SHRINK_BELOW: usize = 16;
+const SHRINK_FLOOR: usize = 1 << 9;
+
 impl Shard {
+    /// After a removal: a mostly empty live table (after a peak, or a phase of the program that
+    /// freed what it built) moves to one sized for twice what it holds. Hysteresis: the new
+    /// table is about a quarter full, hashbrown grows it again at 7/8 (3.5 times as many
+    /// records), and it shrinks again only below 1/16 of its buckets (a quarter as many), so
+    /// no run of frees and allocations can make it grow and shrink in turn; the rehash of `n`
+    /// records is paid for by the more than `10 n` removals since the table last held 7/8.
+    #[inline(always)]
+    fn maybe_shrink(&mut self) {
+        let buckets = self.live.num_buckets();
+        if buckets >= SHRINK_FLOOR && self.live.len() < buckets / SHRINK_BELOW {
+            self.shrink_live();
+        }
+    }
+
+    /// Moves the live records to a table sized for twice their number; keeps the old one
+    /// when the new one cannot be had (no memory, or this thread is inside `System`).
+    #[cold]
+    #[inline(never)]
+    fn shrink_live(&mut self) {
+        let mut smaller = HashTable::new_in(MetaAlloc);
+        if smaller.try_reserve(self.live.len() * 2, rehash).is_err() {
+            return;
+        }
+        if smaller.num_buckets() >= self.live.num_buckets() {
+            return;
+        }
+        for slot in self.live.drain() {
+            smaller.insert_unique(rehash(&slot), slot, rehash);
+        }
+        // The old table's memory goes back to `System` here, under the lock (never to us).
+        self.live = smaller;
+    }
+
     const fn new() -> Self {
         Shard {
             live: HashTable::new_in(MetaAlloc),
@@ -712,6 +752,7 @@ pub(crate) fn remove(
         sample::unmark(address);
     }
     shard.release(entry.stack, weight, temporary, count);
+    shard.maybe_shrink();
     Ok(Some((entry, weight.bytes as usize)))
 }
 
