@@ -1,19 +1,30 @@
 #!/usr/bin/env python3
-"""tracealloc beside dhat-rs and heapscope, on the identical workload (the inverted index of
-examples/top.rs, DOCUMENTS=1000 documents by default: about a million allocations).
+"""tracealloc beside dhat-rs, heapscope and heaptrack, on two workloads:
+
+- `index`: the inverted index of examples/top.rs (DOCUMENTS=1000 documents: about a million
+  allocations, 3 to 8 frames between an allocation and the program's line);
+- `deep`: serde_json parsing and pretty-printing nested documents, a regex over the output, a
+  HashMap index (benches/compare/src/deep.rs, 3,000 documents: about 3.8 million allocations,
+  20 to 40 frames between an allocation and the program's line).
 
 Builds benches/compare/ (one binary per profiler, all with frame pointers: heapscope requires
-them on x86_64, and they are the configuration each tool recommends), then runs the binaries
-one after another, ROUNDS times (default 7) in turn, and prints one table: median whole-process
-wall time, its ratio to the same workload without a profiler, and the median peak RSS.
+them on x86_64, and they are the configuration each tool recommends), then runs every binary
+on every workload one after another, ROUNDS times (default 5) in turn, and prints one table:
+per workload, median whole-process wall time, its ratio to the same workload without a
+profiler (taken within each round), and the median peak RSS and its ratio. heaptrack (the
+Debian package), when installed, runs the no-profiler binary as a reference row: it traces
+from outside through LD_PRELOAD, so its time includes writing its trace file.
 
-    python3 benches/compare.py            # ROUNDS=7 DOCUMENTS=1000 by default
+    python3 benches/compare.py            # ROUNDS=5
+    WORKLOADS=deep python3 benches/compare.py
 """
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,38 +47,61 @@ def build():
     )
 
 
-def run_once(name):
+def run_once(name, workload):
     path = os.path.join(CRATE, "target", "release", name)
+    command, cwd = [path], None
+    if name == "heaptrack":
+        # heaptrack writes heaptrack.system.PID.zst into its working directory.
+        cwd = tempfile.mkdtemp(prefix="compare-heaptrack-")
+        command = ["heaptrack", os.path.join(CRATE, "target", "release", "system")]
+    env = dict(os.environ, WORKLOAD=workload)
     start = time.perf_counter()
-    proc = subprocess.Popen([path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=cwd)
+    # ru_maxrss of a waited child: the largest of it and its waited-for descendants.
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
+    if cwd:
+        shutil.rmtree(cwd, ignore_errors=True)
     if status != 0:
         sys.exit(f"{name} failed with status {status}")
     return elapsed, usage.ru_maxrss  # KiB on Linux
 
 
 def main():
-    rounds = int(os.environ.get("ROUNDS", "7"))
+    rounds = int(os.environ.get("ROUNDS", "5"))
+    workloads = os.environ.get("WORKLOADS", "index,deep").split(",")
     build()
-    times = {name: [] for name, _ in BINARIES}
-    rss = {name: [] for name, _ in BINARIES}
+    binaries = list(BINARIES)
+    if shutil.which("heaptrack"):
+        binaries.append(("heaptrack", "heaptrack (Debian package, LD_PRELOAD), on the System binary"))
+    times = {(w, name): [] for w in workloads for name, _ in binaries}
+    rss = {(w, name): [] for w in workloads for name, _ in binaries}
     for _ in range(rounds):
-        for name, _ in BINARIES:
-            t, m = run_once(name)
-            times[name].append(t)
-            rss[name].append(m)
+        for w in workloads:
+            for name, _ in binaries:
+                t, m = run_once(name, w)
+                times[(w, name)].append(t)
+                rss[(w, name)].append(m)
     # Ratios to the baseline within each round, then the median of those.
-    base = times["system"]
-    print(f"{rounds} rounds, DOCUMENTS={os.environ.get('DOCUMENTS', '1000')}, "
-          f"frame pointers on; medians")
+    print(f"{rounds} rounds, frame pointers on; medians (ratios taken within each round)")
     print()
-    print("| profiler | wall time (s) | × no profiler | peak RSS (MiB) |")
-    print("|---|---|---|---|")
-    for name, label in BINARIES:
-        ratios = [t / b for t, b in zip(times[name], base)]
-        print(f"| {label} | {statistics.median(times[name]):.2f} | "
-              f"**{statistics.median(ratios):.2f}×** | {statistics.median(rss[name]) / 1024:.0f} |")
+    head = "| profiler |" + "".join(
+        f" {w}: wall time (s) | {w}: × System | {w}: peak RSS (MiB) | {w}: RSS × System |"
+        for w in workloads)
+    print(head)
+    print("|---|" + "---|---|---|---|" * len(workloads))
+    for name, label in binaries:
+        row = f"| {label} |"
+        for w in workloads:
+            base_t, base_m = times[(w, "system")], rss[(w, "system")]
+            ratios = [t / b for t, b in zip(times[(w, name)], base_t)]
+            rss_ratios = [m / b for m, b in zip(rss[(w, name)], base_m)]
+            row += (f" {statistics.median(times[(w, name)]):.2f} |"
+                    f" **{statistics.median(ratios):.2f}×** |"
+                    f" {statistics.median(rss[(w, name)]) / 1024:.0f} |"
+                    f" {statistics.median(rss_ratios):.2f}× |")
+        print(row)
 
 
 if __name__ == "__main__":

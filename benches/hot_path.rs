@@ -1,8 +1,9 @@
 //! The hot path, in criterion: alloc+free pairs through `System` directly and through the
 //! `Tracer` static directly (tracing every allocation, sampling with the default 512 KiB mean,
 //! and installed but stopped, and `System` plus a bare frame-pointer walk: the floor), the same
-//! on two threads at once, a mixed workload traced, sampled and stopped, and a snapshot of
-//! 1,000,000 live blocks. See benches/README.md for figures; `cargo bench --bench ratios` gives
+//! on two threads at once, a mixed workload traced, sampled and stopped, the traced pair 10, 20
+//! and 40 frames deep (`walk/…`), the table at 1,000,000 live blocks (`table/…`: filled and
+//! emptied, which shrinks it; bytes per block printed) and a snapshot of 1,000,000 live blocks. See benches/README.md for figures; `cargo bench --bench ratios` gives
 //! interleaved ratios, which are what to quote on a noisy machine.
 
 // criterion_group! and criterion_main! generate undocumented public functions.
@@ -100,5 +101,60 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pairs, threads, mixed, snapshot);
+/// Calls `f` `depth` frames below here (each frame a real call, never inlined or a tail call).
+#[inline(never)]
+fn deep(depth: usize, f: &dyn Fn()) -> usize {
+    if depth == 0 {
+        f();
+        return 0;
+    }
+    std::hint::black_box(deep(std::hint::black_box(depth - 1), f)) + 1
+}
+
+/// The traced 64 B pair with 10, 20 and 40 frames between it and the benchmark: the
+/// frame-pointer walk is a dependent load per frame, so its cost grows with depth.
+fn walk(c: &mut Criterion) {
+    let mut group = c.benchmark_group("walk");
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    tracealloc::start(16).unwrap();
+    for depth in [10usize, 20, 40] {
+        let name = format!("{depth}-frames");
+        group.bench_function(BenchmarkId::new(&name, "system"), |b| {
+            b.iter(|| deep(depth, &|| pair(&System, layout)))
+        });
+        group.bench_function(BenchmarkId::new(&name, "traced"), |b| {
+            b.iter(|| deep(depth, &|| pair(&GLOBAL, layout)))
+        });
+    }
+    group.finish();
+}
+
+/// The table at 1,000,000 live blocks: each iteration fills it and frees everything (which
+/// shrinks the shards' tables again). Prints the tracer's bytes per live block at the peak and
+/// what is left after the free.
+fn table(c: &mut Criterion) {
+    let mut group = c.benchmark_group("table");
+    group.sample_size(10);
+    tracealloc::start(16).unwrap();
+    tracealloc::clear_traces();
+    let before = tracealloc::tracer_memory();
+    let held = hold(1_000_000);
+    let at_peak = tracealloc::tracer_memory();
+    drop(held);
+    let after = tracealloc::tracer_memory();
+    eprintln!(
+        "table at 1,000,000 live blocks: {:.1} B per block (tracer tables {:.1} MiB); after \
+         freeing them: {:.2} MiB (from {:.2} MiB before)",
+        (at_peak - before) as f64 / 1e6,
+        at_peak as f64 / (1 << 20) as f64,
+        after as f64 / (1 << 20) as f64,
+        before as f64 / (1 << 20) as f64,
+    );
+    group.bench_function("1M-blocks/fill-and-free", |b| {
+        b.iter(|| drop(std::hint::black_box(hold(1_000_000))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pairs, threads, mixed, walk, table, snapshot);
 criterion_main!(benches);
