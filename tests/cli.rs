@@ -174,6 +174,18 @@ fn writers_write_files_the_library_reads_back() {
     assert!(std::fs::read_to_string(&json)
         .unwrap()
         .contains("\"tb\":2112"));
+    // Lifetimes (format 6) fill dh_view's t-gmax figures; a file without them says how to
+    // record them.
+    let with = run(args!["dhat", damaged("valid.tracealloc"), "-o", "-"]);
+    assert!(String::from_utf8_lossy(&with.stdout).contains("\"bklt\":true"));
+    assert!(!String::from_utf8_lossy(&with.stderr).contains("no block lifetimes"));
+    let without = run(args!["dhat", damaged("valid_v5.tracealloc"), "-o", "-"]);
+    assert!(String::from_utf8_lossy(&without.stdout).contains("\"bklt\":false"));
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("TRACEALLOC_LIFETIMES=1"),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
 }
 
 #[test]

@@ -456,6 +456,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 snapshot.write_dhat(&output, m)?;
                 eprintln!("wrote {}", output.display());
             }
+            if m == Metric::Allocated && !snapshot.has_block_lifetimes() {
+                eprintln!(
+                    "note: no block lifetimes in this snapshot, so dh_view's \"At t-gmax\" and \
+                     \"short-lived\" sorts stay disabled; record with TRACEALLOC_LIFETIMES=1 \
+                     (or Tracer::new().block_lifetimes(true)) to have them"
+                );
+            }
         }
     }
     Ok(())

@@ -346,6 +346,14 @@ impl Snapshot {
         self.released.is_some()
     }
 
+    /// Whether the snapshot knows its blocks' lifetimes (taken with
+    /// [`Tracer::block_lifetimes`](crate::Tracer::block_lifetimes) or `TRACEALLOC_LIFETIMES=1`
+    /// and the peak breakdown kept all along), which DHAT files of allocation totals carry for
+    /// dh_view's "At t-gmax" and "short-lived" sorts.
+    pub fn has_block_lifetimes(&self) -> bool {
+        self.lifetimes.is_some() && self.peak.is_some()
+    }
+
     /// Bytes and blocks allocated since tracing started (or since the last `start`), the live
     /// ones included; `None` when the snapshot does not know.
     pub fn allocated_total(&self) -> Option<(u64, u64)> {
