@@ -313,7 +313,8 @@ thread_local! {
 #[inline]
 fn stack_top_for(sp: usize) -> usize {
     let (low, top) = STACK.try_with(|t| t.get()).unwrap_or((0, 0));
-    if sp >= low && sp < top {
+    // `top == usize::MAX`: the thread's stack is unknown; it is never walked.
+    if sp >= low && sp < top && top != usize::MAX {
         return top;
     }
     other_stack_top(sp)
@@ -564,6 +565,19 @@ mod tests {
         );
         assert!(!tables_agree(&[99, 3, 4, CUT_SHORT], &unwound), "cut short");
         assert!(!tables_agree(&[99, 42, 43, 44, 45], &unwound), "garbage");
+    }
+
+    #[test]
+    fn a_stack_pointer_off_every_known_stack_walks_nothing() {
+        let here = 0u8;
+        let on_stack = &here as *const u8 as usize;
+        let top = stack_top();
+        assert!(top > on_stack, "this thread's stack is known on Linux");
+        assert_eq!(stack_top_for(on_stack), top);
+        // Not this thread's stack, and no signal handler is running: nothing to walk.
+        assert_eq!(stack_top_for(4096), 0);
+        let heap = Box::new(0u8);
+        assert_eq!(stack_top_for(&*heap as *const u8 as usize), 0);
     }
 
     #[test]
