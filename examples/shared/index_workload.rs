@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-/// A small deterministic generator (xorshift), so every run builds the same corpus.
-struct Rng(u64);
+/// A small deterministic generator (xorshift), so every run builds the same corpus (the
+/// comparison's deep-stack workload draws from it too).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -39,11 +39,11 @@ impl Metric {
     }
 }
 
-/// One stack's figures for an output.
+/// One stack's figures for an output: the metric's, and all the stack's (`stack`).
 struct Row {
-    traceback: Traceback,
     bytes: u64,
     blocks: u64,
+    stack: Shown,
 }
 
 /// A stack as the outputs show it, with its live and total figures.
@@ -137,9 +137,9 @@ impl Snapshot {
                     Metric::Temporary => s.temporary.unwrap_or_default(),
                 };
                 (blocks > 0).then_some(Row {
-                    traceback: s.traceback,
                     bytes,
                     blocks,
+                    stack: s,
                 })
             })
             .collect();
@@ -147,7 +147,7 @@ impl Snapshot {
         rows.sort_by(|a, b| {
             (b.bytes, b.blocks)
                 .cmp(&(a.bytes, a.blocks))
-                .then_with(|| a.traceback.shown().cmp(&b.traceback.shown()))
+                .then_with(|| a.stack.traceback.shown().cmp(&b.stack.traceback.shown()))
         });
         Ok(rows)
     }
@@ -179,6 +179,7 @@ impl Snapshot {
         let mut sums = (0u64, 0u64);
         for row in self.rows(metric)? {
             let line = row
+                .stack
                 .traceback
                 .frames()
                 .iter()
@@ -806,22 +807,13 @@ impl Snapshot {
         // The tracer's own work, not the program's: untraced (frees still forget).
         let _quiet = crate::guard::Guard::enter();
         let rows = self.rows(metric)?;
-        // Per shown stack, its lifetimes and its figures at the peak and now.
-        #[allow(clippy::mutable_key_type)]
-        let lifetimes: Option<HashMap<ByShown, Shown>> = match (&self.peak, &self.lifetimes) {
-            (Some(_), Some(_)) if metric == Metric::Allocated => Some(
-                self.shown_stacks()
-                    .into_iter()
-                    .map(|s| (ByShown(s.traceback.clone()), s))
-                    .collect(),
-            ),
-            _ => None,
-        };
+        let lifetimes = metric == Metric::Allocated && self.has_block_lifetimes();
         let mut ftbl: Vec<String> = vec!["[root]".to_owned()];
         let mut frame_ids: HashMap<&Frame, usize> = HashMap::new();
         let mut pps = Vec::with_capacity(rows.len());
         for row in &rows {
             let fs: Vec<usize> = row
+                .stack
                 .traceback
                 .frames()
                 .iter()
@@ -836,10 +828,8 @@ impl Snapshot {
                 })
                 .collect();
             let mut pp = serde_json::json!({ "tb": row.bytes, "tbk": row.blocks, "fs": fs });
-            if let Some(shown) = lifetimes
-                .as_ref()
-                .and_then(|l| l.get(&ByShown(row.traceback.clone())))
-            {
+            if lifetimes {
+                let shown = &row.stack;
                 let (gb, gbk) = shown.peak.unwrap_or_default();
                 let (eb, ebk) = (shown.live_bytes, shown.live_blocks);
                 let (mb, mbk) = if gb >= eb { (gb, gbk) } else { (eb, ebk) };
@@ -878,7 +868,7 @@ impl Snapshot {
             "dhatFileVersion": 2,
             "mode": "rust-heap (tracealloc)",
             "verb": verb,
-            "bklt": lifetimes.is_some(),
+            "bklt": lifetimes,
             "bkacc": false,
             "tu": "µs",
             "Mtu": "s",
@@ -888,7 +878,7 @@ impl Snapshot {
             "pps": pps,
             "ftbl": ftbl,
         });
-        if lifetimes.is_some() {
+        if lifetimes {
             let tg = self.peak_time().map_or(te, |d| d.as_micros() as u64);
             document["tg"] = tg.min(te).into();
             // Blocks that live 10 µs or less on average are "short-lived".

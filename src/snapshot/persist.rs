@@ -89,42 +89,22 @@ impl Snapshot {
         let mut traceback_ids: HashMap<Identity, u32> = HashMap::new();
         let mut traces: Vec<(u64, u32)> = Vec::with_capacity(self.traces.len());
         for trace in &self.traces {
-            let id = *traceback_ids
-                .entry(trace.traceback.identity())
-                .or_insert_with(|| {
-                    tracebacks.push(&trace.traceback);
-                    tracebacks.len() as u32 - 1
-                });
+            let id = traceback_id(&trace.traceback, &mut traceback_ids, &mut tracebacks);
             traces.push((trace.size as u64, id));
         }
         let mut released: Vec<(&Released, u32)> = Vec::new();
         for r in self.released.iter().flatten() {
-            let id = *traceback_ids
-                .entry(r.traceback.identity())
-                .or_insert_with(|| {
-                    tracebacks.push(&r.traceback);
-                    tracebacks.len() as u32 - 1
-                });
+            let id = traceback_id(&r.traceback, &mut traceback_ids, &mut tracebacks);
             released.push((r, id));
         }
         let mut peak_groups: Vec<(u64, u64, u32)> = Vec::new();
         for g in self.peak.iter().flat_map(|p| &p.groups) {
-            let id = *traceback_ids
-                .entry(g.traceback.identity())
-                .or_insert_with(|| {
-                    tracebacks.push(&g.traceback);
-                    tracebacks.len() as u32 - 1
-                });
+            let id = traceback_id(&g.traceback, &mut traceback_ids, &mut tracebacks);
             peak_groups.push((g.bytes, g.blocks, id));
         }
         let mut lifetimes: Vec<(u64, u32)> = Vec::new();
         for l in self.lifetimes.iter().flatten() {
-            let id = *traceback_ids
-                .entry(l.traceback.identity())
-                .or_insert_with(|| {
-                    tracebacks.push(&l.traceback);
-                    tracebacks.len() as u32 - 1
-                });
+            let id = traceback_id(&l.traceback, &mut traceback_ids, &mut tracebacks);
             lifetimes.push((l.nanos, id));
         }
         for traceback in &tracebacks {
@@ -492,6 +472,18 @@ fn read_released(
         });
     }
     Ok(released)
+}
+
+/// The index of `traceback` in the file's tracebacks section, which it joins the first time.
+fn traceback_id<'a>(
+    traceback: &'a Traceback,
+    ids: &mut HashMap<Identity, u32>,
+    tracebacks: &mut Vec<&'a Traceback>,
+) -> u32 {
+    *ids.entry(traceback.identity()).or_insert_with(|| {
+        tracebacks.push(traceback);
+        tracebacks.len() as u32 - 1
+    })
 }
 
 /// The peak section of a version-3 file.

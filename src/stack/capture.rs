@@ -308,42 +308,43 @@ thread_local! {
     static SIGNAL_STACK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
 }
 
+/// This thread's stack, `(low, top)`, learnt the first time; `top == usize::MAX` when it is
+/// unknown (never walked).
+#[inline]
+fn thread_bounds() -> (usize, usize) {
+    match STACK.try_with(|t| t.get()) {
+        Ok((0, 0)) => find_stack(),
+        Ok(bounds) => bounds,
+        Err(_) => (0, usize::MAX), // thread-locals gone
+    }
+}
+
 /// The upper end of the stack `sp` is on: this thread's stack, or the signal stack a handler
 /// runs on; 0 (walk nothing) when it is neither or unknown.
 #[inline]
 fn stack_top_for(sp: usize) -> usize {
-    let (low, top) = STACK.try_with(|t| t.get()).unwrap_or((0, 0));
-    // `top == usize::MAX`: the thread's stack is unknown; it is never walked.
+    let (low, top) = thread_bounds();
     if sp >= low && sp < top && top != usize::MAX {
         return top;
     }
-    other_stack_top(sp)
+    signal_stack_top(sp)
 }
 
 /// The top of this thread's stack (0 when unknown).
 #[inline]
 fn stack_top() -> usize {
-    match STACK.try_with(|t| t.get()) {
-        Ok((0, 0)) => find_stack().1,
-        Ok((_, usize::MAX)) | Err(_) => 0, // unknown, or thread-locals gone: walk nothing
-        Ok((_, top)) => top,
+    match thread_bounds() {
+        (_, usize::MAX) => 0,
+        (_, top) => top,
     }
 }
 
-/// `sp` is outside this thread's stack as far as it is known: learn the stack the first time;
-/// then a signal handler on an alternate stack (`sigaltstack`, asked once per signal stack);
-/// anything else (a stack the program switched to itself) is walked not at all.
+/// `sp` is outside this thread's stack: a signal handler on an alternate stack
+/// (`sigaltstack`, asked once per signal stack), or else a stack the program switched to
+/// itself, which is walked not at all.
 #[cold]
 #[inline(never)]
-fn other_stack_top(sp: usize) -> usize {
-    let (low, top) = match STACK.try_with(|t| t.get()) {
-        Ok((0, 0)) => find_stack(),
-        Ok(known) => known,
-        Err(_) => return 0,
-    };
-    if top != usize::MAX && sp >= low && sp < top {
-        return top;
-    }
+fn signal_stack_top(sp: usize) -> usize {
     let (low, top) = SIGNAL_STACK.try_with(|t| t.get()).unwrap_or((0, 0));
     if sp >= low && sp < top {
         return top;

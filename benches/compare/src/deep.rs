@@ -7,17 +7,8 @@ use regex::Regex;
 use serde_json::Value;
 use std::collections::HashMap;
 
-/// A deterministic generator (xorshift), so every profiler sees the same documents.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+// The index workload's deterministic generator, so every profiler sees the same documents.
+use super::workload::Rng;
 
 const WORDS: [&str; 16] = [
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
