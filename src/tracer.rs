@@ -182,16 +182,16 @@ impl<A> Tracer<A> {
         (status == ON || status == SAMPLED) && record(ptr as usize, size, credit)
     }
 
-    /// The out-of-line part of `dealloc`, reached only while tracing.
+    /// The traced part of `dealloc`: forgets the record, then frees.
     ///
     /// # Safety
     /// As `GlobalAlloc::dealloc`.
-    #[inline(never)]
+    #[inline(always)]
     unsafe fn dealloc_traced(&self, ptr: *mut u8, layout: Layout)
     where
         A: GlobalAlloc,
     {
-        if forget(ptr as usize, true).is_err() {
+        if !forget_freed(ptr as usize) {
             // A signal handler freeing while its thread holds the lock: later.
             defer(ptr, layout);
             return;
@@ -211,7 +211,7 @@ impl<A> Tracer<A> {
         A: GlobalAlloc,
     {
         while let Some(p) = deferred::pop() {
-            if forget(p.ptr, true).is_err() {
+            if !forget_freed(p.ptr) {
                 // Still inside the interrupted code (a handler freeing again): next time.
                 let _ = deferred::push(p);
                 return;
@@ -340,7 +340,7 @@ impl<A: GlobalAlloc> Tracer<A> {
         // The old record goes before the inner realloc (once it returns, the old address may
         // be another thread's); its bytes leave `current` together with the new block's arrival.
         let old = if old_recorded {
-            match forget(ptr as usize, false) {
+            match forget_reallocated(ptr as usize) {
                 Ok(old) => old,
                 Err(table::Busy) => {
                     // SAFETY: forwarded contract.
@@ -474,9 +474,30 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
     }
 }
 
+/// Forgets a block about to be freed; false, forgetting nothing, when this thread holds a lock
+/// it needs (a signal handler).
+///
+/// Not generic and not inlined, like [`record`] (and `forget` for `realloc`): the callers are
+/// methods of the generic `Tracer<A>`, compiled in the crate that declares the
+/// `#[global_allocator]` with that crate's optimization level, which is 0 in a debug build
+/// whatever the profile says for tracealloc: inlined there, it made a debug build's traced
+/// pair 4× as slow (benches/README.md, "Debug builds").
+#[inline(never)]
+fn forget_freed(address: usize) -> bool {
+    forget(address, true).is_ok()
+}
+
+/// [`forget`] for `realloc`, out of line for the reason [`forget_freed`] is.
+#[inline(never)]
+fn forget_reallocated(address: usize) -> Result<Option<(table::Entry, usize)>, table::Busy> {
+    forget(address, false)
+}
+
 /// Forgets a block about to be freed (or reallocated); returns its record. With `count` false
 /// its bytes stay in `current` (see [`table::remove`]). `Err(Busy)`, forgetting nothing, when
 /// this thread holds a lock it needs (a signal handler).
+///
+/// Inlined only into [`forget_freed`]; `realloc` calls it out of line (see there why).
 #[inline(always)]
 fn forget(address: usize, count: bool) -> Result<Option<(table::Entry, usize)>, table::Busy> {
     // A free (not a `realloc`) of this thread's last recorded block is a temporary.
