@@ -88,6 +88,7 @@ mod format;
 mod guard;
 #[cfg(feature = "http")]
 pub mod http;
+mod ledger;
 mod lock;
 mod meta;
 mod sample;

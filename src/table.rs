@@ -30,6 +30,7 @@
 //! holding its own bucket locks, which deadlocked dhat-rs.
 
 use crate::counters;
+use crate::ledger;
 use crate::lock::{SpinGuard, SpinLock};
 use crate::meta::{MetaAlloc, Padded};
 use crate::sample;
@@ -50,11 +51,12 @@ pub(crate) struct Entry {
     pub(crate) scope: u32,
 }
 
-/// What one stack did in one shard: released since the totals were reset, held now, held at
-/// the peak, freed as temporaries. Kept under the shard lock the operation holds anyway, and no
-/// atomic. What is released (and which of it temporaries) is updated on each free: one probe of
-/// a small table. What the site holds, and held at the peak, is kept only while the peak
-/// breakdown is (see [`set_detail`]): a probe on each allocation too.
+/// What one stack did in one shard: allocated since the totals were reset and freed as
+/// temporaries (moved here from the threads' ledgers, see `ledger.rs`: these are in the stack's
+/// home shard, [`home`]), held now and held at the peak (in the shard of each block's address).
+/// Kept under the shard lock, and no atomic. What the site holds, and held at the peak, is kept
+/// only while the peak breakdown is (see [`set_detail`]): a probe on each allocation and free;
+/// without it, no table operation touches a site.
 ///
 /// The peak figures are lazy (memray's high-water-mark bookkeeping): `epoch` is the peak word
 /// (`counters::epoch`) when the site last changed. If the word has changed since, a new peak
@@ -63,8 +65,8 @@ pub(crate) struct Entry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Site {
     stack: StackId,
-    released_bytes: u64,
-    released_blocks: u64,
+    allocated_bytes: u64,
+    allocated_blocks: u64,
     live_bytes: u64,
     live_blocks: u64,
     peak_bytes: u64,
@@ -108,9 +110,10 @@ impl Site {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SiteFigures {
     pub(crate) stack: StackId,
-    /// Recorded and no longer held (freed, reallocated, or dropped from the table by `clear`).
-    pub(crate) released_bytes: u64,
-    pub(crate) released_blocks: u64,
+    /// Recorded since the totals were reset. What of it is released (freed, reallocated, or
+    /// dropped from the table by `clear`) is this minus what the live table holds.
+    pub(crate) allocated_bytes: u64,
+    pub(crate) allocated_blocks: u64,
     /// Held when the peak was reached.
     pub(crate) peak_bytes: u64,
     pub(crate) peak_blocks: u64,
@@ -362,8 +365,8 @@ impl Shard {
         }
         let mut site = Site {
             stack,
-            released_bytes: 0,
-            released_blocks: 0,
+            allocated_bytes: 0,
+            allocated_blocks: 0,
             live_bytes: 0,
             live_blocks: 0,
             peak_bytes: 0,
@@ -424,37 +427,104 @@ impl Shard {
     }
 
     /// One block of `stack` leaves the table (freed, reallocated, replaced, cleared); with
-    /// `count`, its bytes leave `current` first.
+    /// `count`, its bytes leave `current` first. Only the breakdown needs its site.
     #[inline(always)]
-    fn release(&mut self, stack: StackId, weight: sample::Weight, temporary: bool, count: bool) {
-        let peak = peak_kept();
-        self.with_site(
-            stack,
-            peak,
-            || {
-                if count {
-                    counters::subtract(weight.bytes as usize);
+    fn release(&mut self, stack: StackId, weight: sample::Weight, count: bool) {
+        let subtract = || {
+            if count {
+                counters::subtract(weight.bytes as usize);
+            }
+        };
+        if !peak_kept() {
+            subtract();
+        } else {
+            self.with_site(stack, true, subtract, |site, ()| {
+                site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
+                site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
+                if lifetimes_wanted() {
+                    site.lifetime = site.lifetime.wrapping_add(counters::ticks() as u128);
                 }
-            },
-            |site, ()| {
-                site.released_bytes += weight.bytes;
-                site.released_blocks += weight.blocks;
-                if temporary {
-                    site.temporary_blocks += weight.blocks;
-                    site.temporary_bytes += weight.bytes;
-                }
-                if peak {
-                    site.live_bytes = site.live_bytes.saturating_sub(weight.bytes);
-                    site.live_blocks = site.live_blocks.saturating_sub(weight.blocks);
-                    if lifetimes_wanted() {
-                        site.lifetime = site.lifetime.wrapping_add(counters::ticks() as u128);
-                    }
-                }
-            },
-        );
+            });
+        }
         if count {
             counters::decreased();
         }
+    }
+
+    /// Adds a ledger slot's (or a thread's) totals to the site of `stack`; the shard is the
+    /// stack's [`home`].
+    fn add_totals(&mut self, stack: StackId, totals: ledger::Totals) {
+        self.with_site(
+            stack,
+            false,
+            || (),
+            |site, ()| {
+                site.allocated_bytes += totals.bytes;
+                site.allocated_blocks += totals.blocks;
+                site.temporary_bytes += totals.temporary_bytes;
+                site.temporary_blocks += totals.temporary_blocks;
+            },
+        );
+    }
+}
+
+/// The shard whose sites hold a stack's allocation totals.
+#[inline]
+fn home(stack: StackId) -> &'static Padded<SpinLock<Shard>> {
+    &SHARDS_TABLE[(stack_hash(stack) >> (64 - SHARD_BITS)) as usize]
+}
+
+/// Moves the totals of `slot` (of `ledger`, this thread's) to its stack's site, and gives the
+/// slot to `next` (renewing the ledger first if a reset made it old). Under the home shard's
+/// lock of the slot's stack (or of `next` when the slot is empty), so that a snapshot, which
+/// holds every lock, sees the totals in one place or the other. `Err(Busy)`, changing
+/// nothing, when this thread holds that lock (a signal handler that interrupted the tracer).
+#[cold]
+#[inline(never)]
+pub(crate) fn flush_ledger_slot(
+    ledger: &ledger::Ledger,
+    slot: &ledger::Slot,
+    next: Option<StackId>,
+) -> Result<(), Busy> {
+    let Some(stack) = slot.stack().or(next) else {
+        return Ok(());
+    };
+    let mut shard = home(stack).0.lock_unless_mine().ok_or(Busy)?;
+    if !ledger.is_current() {
+        ledger::renew(ledger);
+    } else if let Some(old) = slot.stack() {
+        let totals = slot.totals();
+        if !totals.is_zero() {
+            shard.add_totals(old, totals);
+        }
+    }
+    slot.reassign(next);
+    Ok(())
+}
+
+/// Counts a block recorded by a thread without a ledger (see `ledger.rs`), or its temporary
+/// free. When this thread holds the lock it needs (a signal handler), the count is lost and
+/// the totals become unknown (`counters::lost_release`), never wrong.
+#[cold]
+#[inline(never)]
+pub(crate) fn count_without_ledger(stack: StackId, size: usize, temporary: bool) {
+    let weight = sample::weight(size);
+    let totals = if temporary {
+        ledger::Totals {
+            temporary_bytes: weight.bytes,
+            temporary_blocks: weight.blocks,
+            ..Default::default()
+        }
+    } else {
+        ledger::Totals {
+            bytes: weight.bytes,
+            blocks: weight.blocks,
+            ..Default::default()
+        }
+    };
+    match home(stack).0.lock_unless_mine() {
+        Some(mut shard) => shard.add_totals(stack, totals),
+        None => counters::lost_release(),
     }
 }
 
@@ -607,6 +677,7 @@ pub(crate) fn insert(
     stack: StackId,
     scope: u32,
     credit: usize,
+    totals: Option<&ledger::Slot>,
 ) -> Result<Option<Entry>, ()> {
     let (mut shard, h) = locate_unless_mine(address).map_err(|_| ())?;
     let shard = &mut *shard;
@@ -642,6 +713,9 @@ pub(crate) fn insert(
     }
     let Some(stale) = stale else {
         shard.add_block(stack, weight, credit);
+        if let Some(slot) = totals {
+            slot.add(weight.bytes, weight.blocks);
+        }
         return Ok(None);
     };
     // A record survived a free we did not see (a race with `stop`); the address is live
@@ -652,7 +726,7 @@ pub(crate) fn insert(
     if sample::mean() != 0 {
         sample::unmark(address);
     }
-    shard.release(old.stack, old_weight, false, true);
+    shard.release(old.stack, old_weight, true);
     let Ok(slot) = shard.pack(address, size, stack, scope, h) else {
         if let Ok(e) = shard.live.find_entry(h, |s| s.address == address) {
             e.remove();
@@ -669,6 +743,9 @@ pub(crate) fn insert(
         *s = slot;
     }
     shard.add_block(stack, weight, credit);
+    if let Some(slot) = totals {
+        slot.add(weight.bytes, weight.blocks);
+    }
     Ok(Some(old))
 }
 
@@ -688,25 +765,22 @@ pub(crate) fn restore(entry: Entry) -> bool {
     shard.live.insert_unique(h, slot, rehash);
     let weight = sample::weight(entry.size);
     shard.held += weight.bytes;
-    // Undoes the removal's release.
-    let peak = peak_kept();
-    shard.with_site(
-        entry.stack,
-        peak,
-        || (),
-        |site, ()| {
-            site.released_bytes = site.released_bytes.saturating_sub(weight.bytes);
-            site.released_blocks = site.released_blocks.saturating_sub(weight.blocks);
-            if peak {
+    // Undoes the removal's release (what is released is derived from what is live).
+    if peak_kept() {
+        shard.with_site(
+            entry.stack,
+            true,
+            || (),
+            |site, ()| {
                 site.live_bytes += weight.bytes;
                 site.live_blocks += weight.blocks;
                 // Its life goes on (the time between removal and now is lost from it).
                 if lifetimes_wanted() {
                     site.lifetime = site.lifetime.wrapping_sub(counters::ticks() as u128);
                 }
-            }
-        },
-    );
+            },
+        );
+    }
     if sample::mean() != 0 {
         sample::mark(entry.address);
     }
@@ -751,8 +825,18 @@ pub(crate) fn remove(
     if sample::mean() != 0 {
         sample::unmark(address);
     }
-    shard.release(entry.stack, weight, temporary, count);
+    shard.release(entry.stack, weight, count);
     shard.maybe_shrink();
+    if temporary {
+        // The freeing thread's last capture was this stack: its ledger slot is hot.
+        match ledger::slot_of(entry.stack) {
+            Some(slot) => slot.add_temporary(weight.bytes, weight.blocks),
+            None => {
+                drop(shard);
+                count_without_ledger(entry.stack, entry.size, true);
+            }
+        }
+    }
     Ok(Some((entry, weight.bytes as usize)))
 }
 
@@ -786,12 +870,14 @@ pub(crate) fn copy_into(out: &mut Vec<Entry>) {
 /// Also returns the traced peak the figures belong to, when the breakdown is kept.
 pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> SitesCopy {
     loop {
+        // Every ledger slot may hold a stack.
+        let ledger_slots = || ledger::count() * ledger::SLOTS;
         let n: usize = SHARDS_TABLE.iter().map(|s| lock(s).sites.len()).sum();
-        out.reserve(n + n / 8 + 64);
+        out.reserve(n + n / 8 + 64 + ledger_slots());
         let room = out.capacity() - out.len();
         let shards: [SpinGuard<'static, Shard>; SHARDS] =
             std::array::from_fn(|i| lock(&SHARDS_TABLE[i]));
-        if shards.iter().map(|s| s.sites.len()).sum::<usize>() > room {
+        if shards.iter().map(|s| s.sites.len()).sum::<usize>() + ledger_slots() > room {
             continue;
         }
         let epoch = counters::epoch();
@@ -805,8 +891,8 @@ pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> SitesCopy {
                 let (peak_bytes, peak_blocks) = if peak { site.at_peak(epoch) } else { (0, 0) };
                 SiteFigures {
                     stack: site.stack,
-                    released_bytes: site.released_bytes,
-                    released_blocks: site.released_blocks,
+                    allocated_bytes: site.allocated_bytes,
+                    allocated_blocks: site.allocated_blocks,
                     peak_bytes,
                     peak_blocks,
                     temporary_bytes: site.temporary_bytes,
@@ -816,6 +902,26 @@ pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> SitesCopy {
                 }
             }));
         }
+        // A ledger made after `ledger_slots` was read is of no generation yet: skipped.
+        ledger::for_each_current(|ledger| {
+            for slot in ledger.slots() {
+                let Some(stack) = slot.stack() else { continue };
+                let totals = slot.totals();
+                if !totals.is_zero() {
+                    out.push(SiteFigures {
+                        stack,
+                        allocated_bytes: totals.bytes,
+                        allocated_blocks: totals.blocks,
+                        peak_bytes: 0,
+                        peak_blocks: 0,
+                        temporary_bytes: totals.temporary_bytes,
+                        temporary_blocks: totals.temporary_blocks,
+                        live_blocks: 0,
+                        lifetime: 0,
+                    });
+                }
+            }
+        });
         let lifetimes = peak && LIFETIMES.load(Relaxed);
         return SitesCopy {
             sizes,
@@ -885,6 +991,9 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
     let mut shards: [SpinGuard<'static, Shard>; SHARDS] =
         std::array::from_fn(|i| lock(&SHARDS_TABLE[i]));
     counters::note_clear();
+    if reset_totals {
+        ledger::new_generation();
+    }
     let mut held = 0u64;
     for shard in &mut shards {
         let shard = &mut **shard;
@@ -894,13 +1003,9 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
             shard.sites = HashTable::new_in(MetaAlloc);
             shard.sizes = [0; SIZE_BUCKETS];
         } else {
-            // The cleared blocks count as released; the caller resets the peak (in `then`).
-            let peak = peak_kept();
-            shard.add_to_sites(&live, |site, weight| {
-                site.released_bytes += weight.bytes;
-                site.released_blocks += weight.blocks;
-            });
-            if peak {
+            // The cleared blocks count as released (they are no longer live); the caller
+            // resets the peak (in `then`).
+            if peak_kept() {
                 let epoch = counters::epoch();
                 let now = if lifetimes_wanted() {
                     counters::ticks() as u128
@@ -1000,6 +1105,7 @@ mod tests {
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let ops = if cfg!(miri) { 500 } else { 200_000 };
         let base = counters::current();
+        let mut inserted = std::collections::HashSet::new();
         for _ in 0..ops {
             x ^= x << 13;
             x ^= x >> 7;
@@ -1015,7 +1121,9 @@ mod tests {
             let scope = ((x >> 8) % 3) as u32;
             match x % 4 {
                 0 | 1 => {
-                    let stale = insert(address, size, stack, scope, 0).expect("room");
+                    let slot = ledger::prepare(stack);
+                    let stale = insert(address, size, stack, scope, 0, slot).expect("room");
+                    inserted.insert(stack);
                     let before = model.insert(address, (size, stack, scope));
                     assert_eq!(stale.map(|e| (e.size, e.stack, e.scope)), before);
                 }
@@ -1033,11 +1141,13 @@ mod tests {
         }
         let held: usize = model.values().map(|v| v.0).sum();
         assert_eq!(counters::current() - base, held);
-        // Allocation totals per stack: live + released adds up to what was allocated.
-        let mut released = Vec::new();
-        copy_sites_into(&mut released);
-        let released: u64 = released.iter().map(|r| r.released_bytes).sum();
-        assert_eq!(released + held as u64, totals().0);
+        // Allocation totals per stack (sites and this thread's ledger) add up to the shards'.
+        let mut sites = Vec::new();
+        copy_sites_into(&mut sites);
+        let allocated: u64 = sites.iter().map(|r| r.allocated_bytes).sum();
+        assert_eq!(allocated, totals().0);
+        let stacks: std::collections::HashSet<StackId> = sites.iter().map(|r| r.stack).collect();
+        assert_eq!(stacks, inserted, "every stack's totals are somewhere");
         let mut copy = Vec::new();
         copy_into(&mut copy);
         assert_eq!(copy.len(), model.len());

@@ -16,6 +16,7 @@
 use crate::counters;
 use crate::deferred::{self, Pending};
 use crate::guard::Guard;
+use crate::ledger;
 use crate::scope;
 use crate::stack::{capture, intern};
 use crate::table;
@@ -452,8 +453,13 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
         counters::dropped();
         return false;
     };
-    match table::insert(address, size, stack, scope, credit) {
+    // This thread's totals for the stack (see `ledger.rs`), made ready before the table's lock.
+    let totals = ledger::prepare(stack);
+    match table::insert(address, size, stack, scope, credit, totals) {
         Ok(stale) => {
+            if totals.is_none() {
+                table::count_without_ledger(stack, size, false);
+            }
             let _ = LAST_RECORDED.try_with(|last| last.set(address));
             if let Some(stale) = stale {
                 scope::freed(&stale);

@@ -593,6 +593,7 @@ impl Snapshot {
 /// One stack's figures summed over the shards.
 #[derive(Default)]
 struct Sums {
+    /// Allocated, then (once the live blocks are subtracted) released.
     released: (u64, u64),
     peak: (u64, u64),
     temporary: (u64, u64),
@@ -621,8 +622,8 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
             continue;
         }
         let slot = by_stack.entry(r.stack).or_default();
-        slot.released.0 += r.released_bytes;
-        slot.released.1 += r.released_blocks;
+        slot.released.0 += r.allocated_bytes;
+        slot.released.1 += r.allocated_blocks;
         slot.peak.0 += r.peak_bytes;
         slot.peak.1 += r.peak_blocks;
         slot.temporary.0 += r.temporary_bytes;
@@ -631,6 +632,17 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
         slot.lifetime = slot.lifetime.wrapping_add(r.lifetime);
     }
     drop(sites);
+    // Released = allocated − live. The live copy came first, so every block in it was counted
+    // as allocated; one allocated since (another thread's) counts as released.
+    if live {
+        for e in &entries {
+            if let Some(slot) = by_stack.get_mut(&e.stack) {
+                let weight = crate::sample::weight(e.size);
+                slot.released.0 = slot.released.0.saturating_sub(weight.bytes);
+                slot.released.1 = slot.released.1.saturating_sub(weight.blocks);
+            }
+        }
+    }
     // Ticks to nanoseconds, when the lifetimes are known (a live snapshot only).
     let tick_rate = lifetimes_to
         .filter(|_| live)
