@@ -11,33 +11,41 @@
 //! again, so by the thread whose last capture was this stack).
 //!
 //! Before this, each free looked up the freed block's site in its address's shard (a site per
-//! stack *and* shard): a cache miss on most frees of a program with thousands of stacks, 26% of
-//! the deep-stack workload's traced time (benches/README.md).
+//! stack *and* shard): a cache miss on most frees of a program with thousands of stacks, and
+//! 2.69× → 1.99× `System` on the deep-stack workload when skipped (benches/README.md). With the
+//! peak breakdown on, a free still updates the site of its shard (what the stack holds).
 //!
 //! # Consistency
 //! Every write to a ledger happens with some shard lock of the trace table held (the totals of
 //! a recorded block are added in `table::insert`'s critical section), and a snapshot reads the
 //! ledgers with every shard lock held, so it sees each ledger between two operations. A reset
-//! of the totals (`table::clear`, also under every lock) changes [`generation`]; a ledger of an
-//! older generation counts for nothing and is zeroed by its owner at its next allocation.
+//! of the totals (`table::clear`, also under every lock) changes the generation; a ledger of an
+//! older generation counts for nothing and is zeroed by its owner at its next count (checked
+//! again in `insert`'s critical section, so that a block recorded just after a reset counts).
+//! The owner's writes on the free path (temporaries) are made with the reentrancy guard held,
+//! so a signal handler cannot reassign the slot in the middle of one.
 //!
 //! Ledgers come from `System` (through [`MetaAlloc`]'s accounting), are never freed, and are
 //! reused: a thread takes a free one at its first traced allocation and gives it back at its
 //! exit. A thread without one (no memory for it, past its exit, or beyond [`MAX_LEDGERS`]
-//! threads at once) counts into the sites directly, under the stack's shard lock.
+//! threads at once) counts into the site of the block's shard, in the same critical section.
 
-use crate::meta::MetaAlloc;
+use crate::meta::{MetaAlloc, Padded};
 use crate::stack::StackId;
 use allocator_api2::alloc::Allocator;
 use std::alloc::Layout;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{
+    compiler_fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+};
 
 /// Slots per ledger (a power of two): 20 KiB a thread.
 pub(crate) const SLOTS: usize = 512;
 /// At most this many ledgers (10 MiB): threads beyond it, in a program running more at once,
-/// count into the sites, one more lock per allocation.
+/// count into the sites (a probe of the block's shard's site table per allocation, as before
+/// ledgers), and look for a free ledger again every [`RETRY_EVERY`] allocations.
 const MAX_LEDGERS: usize = 512;
+const RETRY_EVERY: u32 = 4096;
 
 /// One stack's totals in one thread's ledger. `stack` is the stack id plus one (0: empty).
 #[derive(Debug)]
@@ -79,12 +87,13 @@ impl Slot {
 
     /// Counts one recorded block (its weight). With a shard lock held, by the owner.
     #[inline(always)]
-    pub(crate) fn add(&self, bytes: u64, blocks: u64) {
+    fn add(&self, bytes: u64, blocks: u64) {
         bump(&self.bytes, bytes);
         bump(&self.blocks, blocks);
     }
 
-    /// Counts a temporary allocation. With a shard lock held, by the owner.
+    /// Counts a temporary allocation. With a shard lock and the reentrancy guard held, by the
+    /// owner.
     #[inline(always)]
     pub(crate) fn add_temporary(&self, bytes: u64, blocks: u64) {
         bump(&self.temporary_bytes, bytes);
@@ -117,8 +126,9 @@ impl Slot {
 /// One thread's totals. All zeroes is a valid, empty ledger.
 #[derive(Debug)]
 pub(crate) struct Ledger {
-    /// The [`generation`] its totals belong to.
-    generation: AtomicU64,
+    /// The generation its totals belong to: read by its owner at every allocation, so on a
+    /// cache line of its own, away from `in_use`, which threads looking for a ledger read.
+    generation: Padded<AtomicU64>,
     in_use: AtomicBool,
     next: AtomicPtr<Ledger>,
     slots: [Slot; SLOTS],
@@ -128,7 +138,7 @@ impl Ledger {
     /// Whether its totals count (they belong to the current generation). With a shard lock
     /// held.
     pub(crate) fn is_current(&self) -> bool {
-        self.generation.load(Relaxed) == GENERATION.load(Relaxed)
+        self.generation.0.load(Relaxed) == GENERATION.load(Relaxed)
     }
 
     pub(crate) fn slots(&self) -> &[Slot; SLOTS] {
@@ -139,7 +149,8 @@ impl Ledger {
 /// Changed (with every shard lock held) when the totals are reset. Starts at 1, so that a
 /// zeroed ledger (generation 0) counts for nothing until its owner takes it over.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
-/// Every ledger ever made (a list only ever pushed to) and their number.
+/// Every ledger ever made (a list only ever pushed to), and their number, counted before one
+/// is made (at most `MAX_LEDGERS`).
 static LEDGERS: AtomicPtr<Ledger> = AtomicPtr::new(std::ptr::null_mut());
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
@@ -148,12 +159,16 @@ pub(crate) fn new_generation() {
     GENERATION.fetch_add(1, Relaxed);
 }
 
-/// How many ledgers exist (an upper bound on the slots a snapshot reads is this × [`SLOTS`]).
-pub(crate) fn count() -> usize {
-    COUNT.load(Acquire)
+/// How many slots of current ledgers hold a stack: exact with every shard lock held, an
+/// estimate otherwise (owners may be changing them).
+pub(crate) fn used_slots() -> usize {
+    let mut n = 0;
+    for_each_current(|ledger| n += ledger.slots.iter().filter(|s| s.stack().is_some()).count());
+    n
 }
 
-/// Calls `f` on every ledger whose totals count. With every shard lock held.
+/// Calls `f` on every ledger whose totals count. With every shard lock held (or for an
+/// estimate).
 pub(crate) fn for_each_current(mut f: impl FnMut(&Ledger)) {
     let mut p = LEDGERS.load(Acquire);
     // SAFETY: ledgers are never freed, and each was fully initialized (zeroed) before it was
@@ -169,11 +184,15 @@ pub(crate) fn for_each_current(mut f: impl FnMut(&Ledger)) {
 const NONE: u8 = 0;
 const HAS: u8 = 1;
 const GONE: u8 = 2;
+/// None was free: look again after `RETRY_EVERY` allocations.
+const WAITING: u8 = 3;
 
 thread_local! {
     /// This thread's ledger (null: none yet, or given back). Const-initialized, no destructor.
     static MINE: Cell<*const Ledger> = const { Cell::new(std::ptr::null()) };
     static STATE: Cell<u8> = const { Cell::new(NONE) };
+    /// Allocations until a thread in `WAITING` looks for a ledger again.
+    static WAIT: Cell<u32> = const { Cell::new(0) };
     /// Gives the ledger back at thread exit (registered at the first use).
     static RETURN: GiveBack = const { GiveBack };
 }
@@ -186,35 +205,68 @@ impl Drop for GiveBack {
         let Ok(p) = MINE.try_with(|m| m.replace(std::ptr::null())) else {
             return;
         };
+        // A signal handler that allocates from here on finds no ledger (the same thread: a
+        // compiler fence is enough).
+        compiler_fence(SeqCst);
         // SAFETY: ledgers are never freed.
         let Some(ledger) = (unsafe { p.as_ref() }) else {
             return;
         };
         for slot in &ledger.slots {
-            if slot.stack().is_some()
-                && crate::table::flush_ledger_slot(ledger, slot, None).is_err()
-            {
-                // A signal handler at thread exit, inside the tracer: these totals are lost.
-                crate::counters::lost_release();
+            if slot.stack().is_some() {
+                // Busy (a signal handler at thread exit, inside the tracer): the slot keeps its
+                // totals, which snapshots still read, and the ledger's next owner moves them.
+                let _ = crate::table::flush_ledger_slot(ledger, slot, None);
             }
         }
         ledger.in_use.store(false, Release);
     }
 }
 
+/// Where this thread counts an allocation of one stack: see [`prepare`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counting {
+    ledger: &'static Ledger,
+    slot: &'static Slot,
+    stack: StackId,
+}
+
+impl Counting {
+    /// Counts one recorded block. With a shard lock held (in `table::insert`): if a reset came
+    /// since [`prepare`], the ledger is renewed first, so that the block counts in the new
+    /// totals.
+    #[inline(always)]
+    pub(crate) fn add(&self, bytes: u64, blocks: u64) {
+        if !self.ledger.is_current() {
+            self.renew();
+        }
+        self.slot.add(bytes, blocks);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn renew(&self) {
+        renew(self.ledger);
+        self.slot.reassign(Some(self.stack));
+    }
+}
+
 /// The slot of `stack` in this thread's ledger, made ready to count for it (the slot's
 /// previous stack's totals moved to its site, a ledger of an old generation zeroed). `None`
 /// when this thread has no ledger, or holds the lock the move needs (a signal handler): the
-/// caller counts into the site. Call with no lock held.
+/// block is then counted in its shard's site. Call with no lock held.
 #[inline(always)]
-pub(crate) fn prepare(stack: StackId) -> Option<&'static Slot> {
+pub(crate) fn prepare(stack: StackId) -> Option<Counting> {
     let ledger = mine()?;
     let slot = &ledger.slots[index(stack)];
-    if slot.stack.load(Relaxed) == stack + 1 && ledger.is_current() {
-        return Some(slot);
+    if slot.stack.load(Relaxed) != stack + 1 || !ledger.is_current() {
+        crate::table::flush_ledger_slot(ledger, slot, Some(stack)).ok()?;
     }
-    crate::table::flush_ledger_slot(ledger, slot, Some(stack)).ok()?;
-    Some(slot)
+    Some(Counting {
+        ledger,
+        slot,
+        stack,
+    })
 }
 
 /// This thread's slot for `stack` if it counts for it now: where a temporary allocation of
@@ -235,7 +287,7 @@ pub(crate) fn renew(ledger: &Ledger) {
         for slot in &ledger.slots {
             slot.reassign(None);
         }
-        ledger.generation.store(GENERATION.load(Relaxed), Relaxed);
+        ledger.generation.0.store(GENERATION.load(Relaxed), Relaxed);
     }
 }
 
@@ -254,18 +306,31 @@ fn mine() -> Option<&'static Ledger> {
     take_one()
 }
 
-/// This thread's first traced allocation: takes a free ledger or makes one, and registers its
-/// return at thread exit.
+/// This thread's first traced allocation (or, while none is free, one in `RETRY_EVERY`):
+/// takes a free ledger or makes one, and registers its return at thread exit.
 #[cold]
 #[inline(never)]
 fn take_one() -> Option<&'static Ledger> {
-    if STATE.try_with(Cell::get).ok()? != NONE {
-        return None;
+    match STATE.try_with(Cell::get).ok()? {
+        NONE => {}
+        WAITING => {
+            let wait = WAIT
+                .try_with(|w| w.replace(w.get().saturating_sub(1)))
+                .ok()?;
+            if wait > 0 {
+                return None;
+            }
+        }
+        _ => return None,
     }
     // Registers the destructor (std may allocate for it: this runs inside the tracer's guard,
     // so that allocation is not traced). Refused during teardown.
     RETURN.try_with(|_| ()).ok()?;
-    let ledger = reuse().or_else(make)?;
+    let Some(ledger) = reuse().or_else(make) else {
+        let _ = STATE.try_with(|s| s.set(WAITING));
+        let _ = WAIT.try_with(|w| w.set(RETRY_EVERY));
+        return None;
+    };
     MINE.try_with(|m| m.set(ledger)).ok()?;
     let _ = STATE.try_with(|s| s.set(HAS));
     Some(ledger)
@@ -275,10 +340,12 @@ fn reuse() -> Option<&'static Ledger> {
     let mut p = LEDGERS.load(Acquire);
     // SAFETY: as in `for_each_current`.
     while let Some(ledger) = unsafe { p.as_ref() } {
-        if ledger
-            .in_use
-            .compare_exchange(false, true, Acquire, Relaxed)
-            .is_ok()
+        // Read first: a failing compare-exchange would take the line from its owner.
+        if !ledger.in_use.load(Relaxed)
+            && ledger
+                .in_use
+                .compare_exchange(false, true, Acquire, Relaxed)
+                .is_ok()
         {
             return Some(ledger);
         }
@@ -288,11 +355,15 @@ fn reuse() -> Option<&'static Ledger> {
 }
 
 fn make() -> Option<&'static Ledger> {
-    if COUNT.load(Relaxed) >= MAX_LEDGERS {
+    if COUNT.fetch_add(1, Relaxed) >= MAX_LEDGERS {
+        COUNT.fetch_sub(1, Relaxed);
         return None;
     }
     let layout = Layout::new::<Ledger>();
-    let memory = MetaAlloc.allocate_zeroed(layout).ok()?;
+    let Ok(memory) = MetaAlloc.allocate_zeroed(layout) else {
+        COUNT.fetch_sub(1, Relaxed);
+        return None;
+    };
     let p = memory.as_ptr() as *mut Ledger;
     // SAFETY: all zeroes is a valid `Ledger` (atomics and a null pointer), and the memory is
     // ours, never freed.
@@ -306,7 +377,6 @@ fn make() -> Option<&'static Ledger> {
             Err(now) => head = now,
         }
     }
-    COUNT.fetch_add(1, Release);
     Some(ledger)
 }
 

@@ -451,8 +451,53 @@ impl Shard {
         }
     }
 
-    /// Adds a ledger slot's (or a thread's) totals to the site of `stack`; the shard is the
-    /// stack's [`home`].
+    /// Counts a recorded block in this thread's ledger, or, without one, in this shard's site.
+    #[inline(always)]
+    fn count_allocated(
+        &mut self,
+        stack: StackId,
+        weight: sample::Weight,
+        totals: Option<ledger::Counting>,
+    ) {
+        match totals {
+            Some(counting) => counting.add(weight.bytes, weight.blocks),
+            None => self.add_totals(
+                stack,
+                ledger::Totals {
+                    bytes: weight.bytes,
+                    blocks: weight.blocks,
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    /// Counts a temporary allocation, freed by the thread whose last capture was `stack`: in
+    /// that thread's ledger slot (hot), with the reentrancy guard held so that a signal
+    /// handler cannot give the slot to another stack in the middle; in this shard's site when
+    /// the slot does not count for `stack` or the thread is inside the tracer.
+    #[inline(always)]
+    fn count_temporary(&mut self, stack: StackId, weight: sample::Weight) {
+        if let Some(_quiet) = crate::guard::Guard::enter() {
+            if let Some(slot) = ledger::slot_of(stack) {
+                slot.add_temporary(weight.bytes, weight.blocks);
+                return;
+            }
+        }
+        self.add_totals(
+            stack,
+            ledger::Totals {
+                temporary_bytes: weight.bytes,
+                temporary_blocks: weight.blocks,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Adds totals to the site of `stack` in this shard: the stack's [`home`] for a ledger
+    /// slot's, the block's shard for a count made without a ledger.
+    #[cold]
+    #[inline(never)]
     fn add_totals(&mut self, stack: StackId, totals: ledger::Totals) {
         self.with_site(
             stack,
@@ -500,32 +545,6 @@ pub(crate) fn flush_ledger_slot(
     }
     slot.reassign(next);
     Ok(())
-}
-
-/// Counts a block recorded by a thread without a ledger (see `ledger.rs`), or its temporary
-/// free. When this thread holds the lock it needs (a signal handler), the count is lost and
-/// the totals become unknown (`counters::lost_release`), never wrong.
-#[cold]
-#[inline(never)]
-pub(crate) fn count_without_ledger(stack: StackId, size: usize, temporary: bool) {
-    let weight = sample::weight(size);
-    let totals = if temporary {
-        ledger::Totals {
-            temporary_bytes: weight.bytes,
-            temporary_blocks: weight.blocks,
-            ..Default::default()
-        }
-    } else {
-        ledger::Totals {
-            bytes: weight.bytes,
-            blocks: weight.blocks,
-            ..Default::default()
-        }
-    };
-    match home(stack).0.lock_unless_mine() {
-        Some(mut shard) => shard.add_totals(stack, totals),
-        None => counters::lost_release(),
-    }
 }
 
 /// Whether the per-stack peak breakdown is kept unless the program or the environment says.
@@ -677,7 +696,7 @@ pub(crate) fn insert(
     stack: StackId,
     scope: u32,
     credit: usize,
-    totals: Option<&ledger::Slot>,
+    totals: Option<ledger::Counting>,
 ) -> Result<Option<Entry>, ()> {
     let (mut shard, h) = locate_unless_mine(address).map_err(|_| ())?;
     let shard = &mut *shard;
@@ -713,9 +732,7 @@ pub(crate) fn insert(
     }
     let Some(stale) = stale else {
         shard.add_block(stack, weight, credit);
-        if let Some(slot) = totals {
-            slot.add(weight.bytes, weight.blocks);
-        }
+        shard.count_allocated(stack, weight, totals);
         return Ok(None);
     };
     // A record survived a free we did not see (a race with `stop`); the address is live
@@ -743,9 +760,7 @@ pub(crate) fn insert(
         *s = slot;
     }
     shard.add_block(stack, weight, credit);
-    if let Some(slot) = totals {
-        slot.add(weight.bytes, weight.blocks);
-    }
+    shard.count_allocated(stack, weight, totals);
     Ok(Some(old))
 }
 
@@ -828,14 +843,7 @@ pub(crate) fn remove(
     shard.release(entry.stack, weight, count);
     shard.maybe_shrink();
     if temporary {
-        // The freeing thread's last capture was this stack: its ledger slot is hot.
-        match ledger::slot_of(entry.stack) {
-            Some(slot) => slot.add_temporary(weight.bytes, weight.blocks),
-            None => {
-                drop(shard);
-                count_without_ledger(entry.stack, entry.size, true);
-            }
-        }
+        shard.count_temporary(entry.stack, weight);
     }
     Ok(Some((entry, weight.bytes as usize)))
 }
@@ -870,14 +878,14 @@ pub(crate) fn copy_into(out: &mut Vec<Entry>) {
 /// Also returns the traced peak the figures belong to, when the breakdown is kept.
 pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> SitesCopy {
     loop {
-        // Every ledger slot may hold a stack.
-        let ledger_slots = || ledger::count() * ledger::SLOTS;
+        // The ledgers' slots in use: an estimate first, exact once every lock is held.
+        let used = ledger::used_slots();
         let n: usize = SHARDS_TABLE.iter().map(|s| lock(s).sites.len()).sum();
-        out.reserve(n + n / 8 + 64 + ledger_slots());
+        out.reserve(n + n / 8 + 64 + used + used / 8);
         let room = out.capacity() - out.len();
         let shards: [SpinGuard<'static, Shard>; SHARDS] =
             std::array::from_fn(|i| lock(&SHARDS_TABLE[i]));
-        if shards.iter().map(|s| s.sites.len()).sum::<usize>() + ledger_slots() > room {
+        if shards.iter().map(|s| s.sites.len()).sum::<usize>() + ledger::used_slots() > room {
             continue;
         }
         let epoch = counters::epoch();
@@ -902,7 +910,6 @@ pub(crate) fn copy_sites_into(out: &mut Vec<SiteFigures>) -> SitesCopy {
                 }
             }));
         }
-        // A ledger made after `ledger_slots` was read is of no generation yet: skipped.
         ledger::for_each_current(|ledger| {
             for slot in ledger.slots() {
                 let Some(stack) = slot.stack() else { continue };
@@ -1159,5 +1166,22 @@ mod tests {
         clear(false, || {});
         assert_eq!(counters::current(), base);
         assert!(get(0x10_0000).is_none());
+
+        // A reset between a ledger slot's preparation and the insert (a thread that reached
+        // the shard lock just after `clear` took it): the block counts in the new totals.
+        let stack: StackId = 4242;
+        let counting = ledger::prepare(stack);
+        clear(true, || {});
+        insert(0x20_0000, 100, stack, 0, 0, counting).expect("room");
+        let mut sites = Vec::new();
+        copy_sites_into(&mut sites);
+        let allocated: u64 = sites
+            .iter()
+            .filter(|r| r.stack == stack)
+            .map(|r| r.allocated_bytes)
+            .sum();
+        assert_eq!(allocated, 100, "counted once, after the reset");
+        clear(true, || {});
+        assert_eq!(counters::current(), base);
     }
 }

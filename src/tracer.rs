@@ -457,9 +457,6 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
     let totals = ledger::prepare(stack);
     match table::insert(address, size, stack, scope, credit, totals) {
         Ok(stale) => {
-            if totals.is_none() {
-                table::count_without_ledger(stack, size, false);
-            }
             let _ = LAST_RECORDED.try_with(|last| last.set(address));
             if let Some(stale) = stale {
                 scope::freed(&stale);

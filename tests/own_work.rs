@@ -1,6 +1,6 @@
 //! The tracer's own output work is not the program's: after `dump`, `write_pprof`,
-//! `write_dhat`, `write_flamegraph` and `summary`, a snapshot's allocation totals hold none of
-//! their allocations (flate2 and miniz_oxide's buffers, the encoders, the temporary files).
+//! `write_dhat`, `write_flamegraph`, `summary`, the statistics and the comparisons, a
+//! snapshot's allocation totals hold none of their allocations (flate2 and miniz_oxide's buffers, the encoders, the temporary files).
 #![cfg(all(feature = "pprof", feature = "dhat", feature = "flamegraph"))]
 
 use tracealloc::{GroupBy, Metric};
@@ -29,6 +29,16 @@ fn outputs_leave_no_allocations_in_the_profile() {
     let pprof = first.pprof_bytes().unwrap();
     assert!(pprof.len() > 100);
     drop(pprof);
+    // The statistics and comparisons too: a program that reads them and dumps its heap at
+    // exit should not find them at the top of its profile.
+    for group_by in [GroupBy::Line, GroupBy::Traceback, GroupBy::Crate] {
+        assert!(!first.statistics(group_by).is_empty());
+        assert!(first.allocation_statistics(group_by).is_some());
+        let _ = first.temporary_statistics(group_by);
+        let _ = first.cumulative_statistics(group_by);
+        let _ = first.compare_to(&first, group_by);
+        let _ = first.report(group_by, 5);
+    }
 
     let second = tracealloc::take_snapshot().unwrap();
     let (bytes_after, blocks_after) = second.allocated_total().unwrap();

@@ -50,6 +50,8 @@ impl Snapshot {
     /// size 0 and a negative diff. Sorted by |size_diff|, size, |count_diff|, count, all
     /// descending.
     pub fn compare_to(&self, old: &Snapshot, group_by: GroupBy) -> Vec<StatisticDiff> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         diff(
             self.statistics(group_by),
             old.statistics(group_by),
@@ -70,6 +72,8 @@ impl Snapshot {
 
     /// As [`compare_to`](Self::compare_to), on cumulative statistics.
     pub fn compare_to_cumulative(&self, old: &Snapshot, group_by: GroupBy) -> Vec<StatisticDiff> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         diff(
             self.cumulative_statistics(group_by),
             old.cumulative_statistics(group_by),

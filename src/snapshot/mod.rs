@@ -633,7 +633,10 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
     }
     drop(sites);
     // Released = allocated − live. The live copy came first, so every block in it was counted
-    // as allocated; one allocated since (another thread's) counts as released.
+    // as allocated; one allocated since (another thread's) counts as released. A block live in
+    // the copy and freed as a temporary before the totals were read counts as both live and a
+    // temporary: released is kept at least the temporaries (what it was when both were counted
+    // together, at each free).
     if live {
         for e in &entries {
             if let Some(slot) = by_stack.get_mut(&e.stack) {
@@ -641,6 +644,10 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
                 slot.released.0 = slot.released.0.saturating_sub(weight.bytes);
                 slot.released.1 = slot.released.1.saturating_sub(weight.blocks);
             }
+        }
+        for slot in by_stack.values_mut() {
+            slot.released.0 = slot.released.0.max(slot.temporary.0);
+            slot.released.1 = slot.released.1.max(slot.temporary.1);
         }
     }
     // Ticks to nanoseconds, when the lifetimes are known (a live snapshot only).

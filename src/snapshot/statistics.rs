@@ -287,6 +287,8 @@ impl Groups {
 impl Snapshot {
     /// Groups the traces, biggest first (by size, then count, as tracemalloc sorts).
     pub fn statistics(&self, group_by: GroupBy) -> Vec<Statistic> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         let mut groups = Groups::default();
         for (traceback, size, count) in self.per_stack() {
             let via = traceback.via_frame().map(|f| &f.function);
@@ -360,6 +362,8 @@ impl Snapshot {
         group_by: GroupBy,
         figure: impl Fn(&StackTotals) -> Option<(u64, u64)>,
     ) -> Vec<Statistic> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         let mut groups = Groups::default();
         for stack in self.per_stack_totals() {
             let Some((bytes, blocks)) = figure(&stack).filter(|&(_, blocks)| blocks > 0) else {
@@ -408,6 +412,8 @@ impl Snapshot {
     /// `GroupBy::Traceback` every trace has one key, its whole traceback, so this equals
     /// [`statistics`](Self::statistics).
     pub fn cumulative_statistics(&self, group_by: GroupBy) -> Vec<Statistic> {
+        // The tracer's own work, not the program's: untraced (frees still forget).
+        let _quiet = crate::guard::Guard::enter();
         if group_by == GroupBy::Traceback {
             return self.statistics(group_by);
         }
