@@ -933,8 +933,10 @@ fn find_module_by_phdr(pc: usize) -> Option<Module> {
         }
     }
     let mut search = Search { pc, found: None };
-    // SAFETY: `each` matches the callback type and only reads what glibc passes it.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut search as *mut Search).cast()) };
+    super::iterating_loaded_objects(|| {
+        // SAFETY: `each` matches the callback type and only reads what glibc passes it.
+        unsafe { libc::dl_iterate_phdr(Some(each), (&mut search as *mut Search).cast()) }
+    })?;
     search.found
 }
 
@@ -961,8 +963,14 @@ pub(crate) fn check_unloads() {
         1
     }
     let mut subs: u64 = 0;
-    // SAFETY: `first` matches the callback type and writes only our local.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&mut subs as *mut u64).cast()) };
+    let iterated = super::iterating_loaded_objects(|| {
+        // SAFETY: `first` matches the callback type and writes only our local.
+        unsafe { libc::dl_iterate_phdr(Some(first), (&mut subs as *mut u64).cast()) }
+    });
+    if iterated.is_none() {
+        // A signal handler that interrupted this check: the next one will do.
+        return;
+    }
     if UNLOADS_SEEN.swap(subs, Relaxed) != subs {
         GENERATION.fetch_add(1, Relaxed);
     }

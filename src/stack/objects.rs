@@ -208,8 +208,12 @@ pub(crate) fn counters() -> Option<Counters> {
         1
     }
     let mut counters: Option<Counters> = None;
-    // SAFETY: `first` matches the callback type and writes only our local.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&mut counters as *mut Option<Counters>).cast()) };
+    super::iterating_loaded_objects(|| {
+        // SAFETY: `first` matches the callback type and writes only our local.
+        unsafe {
+            libc::dl_iterate_phdr(Some(first), (&mut counters as *mut Option<Counters>).cast())
+        }
+    })?;
     counters
 }
 
@@ -282,8 +286,12 @@ fn list() -> (Option<Counters>, Vec<Raw>) {
         counters: None,
         objects: Vec::new(),
     };
-    // SAFETY: `each` matches the callback type and only reads what glibc passes it.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut out as *mut Out).cast()) };
+    // `each` grows `out.objects`: the caller holds the reentrancy guard, so that allocation
+    // goes to `System` untraced and takes no lock of ours.
+    let _ = super::iterating_loaded_objects(|| {
+        // SAFETY: `each` matches the callback type and only reads what glibc passes it.
+        unsafe { libc::dl_iterate_phdr(Some(each), (&mut out as *mut Out).cast()) }
+    });
     (out.counters, out.objects)
 }
 
