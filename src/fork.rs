@@ -17,10 +17,12 @@
 use crate::{scope, stack, table};
 
 extern "C" fn prepare() {
+    // First: a thread inside the tracer's `dl_iterate_phdr` may need a table lock to finish
+    // (see `stack::LOADER`); nothing waits for this one while holding another.
+    stack::lock_loader_for_fork();
     stack::intern::lock_for_fork();
     scope::lock_for_fork();
     table::lock_for_fork();
-    stack::lock_loader_for_fork();
 }
 
 extern "C" fn parent() {
@@ -32,10 +34,10 @@ extern "C" fn child() {
 }
 
 fn release(child: bool) {
-    stack::unlock_loader_after_fork();
     table::unlock_after_fork(child);
     scope::unlock_after_fork();
     stack::intern::unlock_after_fork();
+    stack::unlock_loader_after_fork();
 }
 
 /// Registers the handlers, once per process.

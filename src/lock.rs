@@ -78,6 +78,15 @@ impl<T> SpinLock<T> {
         Some(SpinGuard { lock: self })
     }
 
+    /// Takes the lock if it is free, without waiting.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.holder
+            .compare_exchange(0, token(), Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SpinGuard { lock: self })
+    }
+
     /// Whether this thread holds the lock.
     #[inline]
     pub(crate) fn is_mine(&self) -> bool {

@@ -933,7 +933,9 @@ fn find_module_by_phdr(pc: usize) -> Option<Module> {
         }
     }
     let mut search = Search { pc, found: None };
-    super::iterating_loaded_objects(|| {
+    // Busy (another thread is listing the modules, or a fork is under way): no module found;
+    // the frame ends the stack. Only where glibc lacks `_dl_find_object`.
+    super::try_iterating_loaded_objects(|| {
         // SAFETY: `each` matches the callback type and only reads what glibc passes it.
         unsafe { libc::dl_iterate_phdr(Some(each), (&mut search as *mut Search).cast()) }
     })?;
@@ -963,12 +965,13 @@ pub(crate) fn check_unloads() {
         1
     }
     let mut subs: u64 = 0;
-    let iterated = super::iterating_loaded_objects(|| {
+    let iterated = super::try_iterating_loaded_objects(|| {
         // SAFETY: `first` matches the callback type and writes only our local.
         unsafe { libc::dl_iterate_phdr(Some(first), (&mut subs as *mut u64).cast()) }
     });
     if iterated.is_none() {
-        // A signal handler that interrupted this check: the next one will do.
+        // Another thread is listing the modules (or a fork is under way): the next check will
+        // see what this one would have.
         return;
     }
     if UNLOADS_SEEN.swap(subs, Relaxed) != subs {
