@@ -679,21 +679,60 @@ pub(crate) fn take(traceback_limit: usize, capture_cap: usize, live: bool) -> Sn
     all_addresses.dedup();
     let symbols = symbolize::resolve_all(&all_addresses);
 
-    let mut tracebacks: HashMap<StackId, Traceback> = HashMap::with_capacity(raw.len());
-    for (id, (addresses, cut_short)) in raw {
-        let expanded: Vec<&SymFrame> = addresses
-            .iter()
-            // The DWARF fallback ends some stacks with a return address of 0: no frame.
-            .filter(|&&ip| ip != 0)
-            .filter_map(|ip| symbols.get(ip))
-            .flat_map(|frames: &Arc<[SymFrame]>| frames.iter())
-            .collect();
-        let kinds: Vec<_> = expanded.iter().map(|f| f.kind).collect();
-        let frames: Vec<Frame> = expanded.iter().map(|f| f.frame.clone()).collect();
-        let site = symbolize::call_site(Seq::Slice(&frames), &kinds, attribution);
-        let truncated = cut_short || addresses.len() >= capture_cap;
-        tracebacks.insert(id, Traceback::new(frames, site, traceback_limit, truncated));
+    // Each address's frames once, in one table, and each stack a run of indices into it (as a
+    // loaded file keeps them): a deep program's stacks share most of their frames, and a
+    // frame is 56 bytes where an index is 4.
+    let mut table_frames: Vec<Frame> = Vec::new();
+    let mut table_kinds = Vec::new();
+    let mut runs: HashMap<usize, (u32, u32)> = HashMap::with_capacity(symbols.len());
+    for (&ip, frames) in &symbols {
+        runs.insert(ip, (table_frames.len() as u32, frames.len() as u32));
+        for f in frames.iter() {
+            table_frames.push(f.frame.clone());
+            table_kinds.push(f.kind);
+        }
     }
+    drop(symbols);
+    let mut indices: Vec<u32> = Vec::new();
+    let mut stacks = Vec::with_capacity(raw.len());
+    let mut order = Vec::with_capacity(raw.len());
+    let mut kinds = Vec::new();
+    for (id, (addresses, cut_short)) in raw {
+        let start = indices.len();
+        for ip in &addresses {
+            // The DWARF fallback ends some stacks with a return address of 0: no frame.
+            if let Some(&(first, n)) = runs.get(ip).filter(|_| *ip != 0) {
+                indices.extend(first..first + n);
+            }
+        }
+        kinds.clear();
+        kinds.extend(indices[start..].iter().map(|&i| table_kinds[i as usize]));
+        let site = if kinds.is_empty() {
+            0
+        } else {
+            symbolize::call_site(
+                Seq::Indexed(&table_frames, &indices[start..]),
+                &kinds,
+                attribution,
+            )
+        };
+        let truncated = cut_short || addresses.len() >= capture_cap;
+        stacks.push(Stack::new(
+            &table_frames,
+            &indices,
+            start,
+            site as u32,
+            traceback_limit as u32,
+            truncated,
+        ));
+        order.push(id);
+    }
+    let stacks = Stacks::new(table_frames, indices, stacks);
+    let tracebacks: HashMap<StackId, Traceback> = order
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| (id, Traceback::loaded(&stacks, i)))
+        .collect();
 
     let traces = entries
         .into_iter()
