@@ -146,15 +146,21 @@ impl Parsed {
             // The file at that path was replaced since it was loaded.
             return None;
         }
-        let symbols = file.symbol_map();
+        let mut symbols = file.symbol_map();
         let mut decompressed = Vec::new();
+        let dwarf = dwarf_of(&file, &mut decompressed);
         let mut maps = Vec::new();
-        let mut dwarf = dwarf_of(&file, &mut decompressed);
-        if dwarf.is_none() {
-            // Debug info installed apart, under its build-id (distribution `-dbg` packages).
+        if dwarf.is_none() && file.section_by_name(".symtab").is_none() {
+            // A stripped library: the full symbol table (static functions such as glibc's
+            // `__libc_start_call_main` included) is in the debug file a `-dbg` package
+            // installed under its build-id. Only that table is read: all of glibc's DWARF
+            // would take over 30 MB, for frames that are never the program's own code.
             if let Some(debug_map) = file_id.and_then(|id| Mmap::open(&debug_file_path(id))) {
                 if let Ok(debug_file) = object::File::parse(debug_map.bytes()) {
-                    dwarf = dwarf_of(&debug_file, &mut decompressed);
+                    let full = debug_file.symbol_map();
+                    if !full.symbols().is_empty() {
+                        symbols = full;
+                    }
                 }
                 maps.push(debug_map);
             }
@@ -239,6 +245,22 @@ fn debug_file_path(build_id: &[u8]) -> PathBuf {
     PathBuf::from(format!("/usr/lib/debug/.build-id/{dir}/{rest}.debug"))
 }
 
+/// Whether the file of `object` (a shared object, not the executable) holds DWARF of its own:
+/// a `.debug_info` section that is not empty. False when it cannot be read.
+pub(crate) fn has_own_dwarf(object: &Object) -> bool {
+    if object.path.as_os_str().is_empty() {
+        return false;
+    }
+    let Some(map) = Mmap::open(&object.path) else {
+        return false;
+    };
+    let Ok(file) = object::File::parse(map.bytes()) else {
+        return false;
+    };
+    file.section_by_name(".debug_info")
+        .is_some_and(|s| s.size() > 0)
+}
+
 /// Rust symbols demangled as the `backtrace` crate prints them (`{:#}`: without the hash),
 /// others as they are.
 fn demangle(raw: &[u8]) -> String {
@@ -272,6 +294,56 @@ mod tests {
             debug_file_path(&[0xab, 0xcd, 0x01]),
             PathBuf::from("/usr/lib/debug/.build-id/ab/cd01.debug")
         );
+    }
+
+    #[test]
+    fn libc_has_no_dwarf_of_its_own() {
+        // A distribution's libc keeps its DWARF apart (or has none): its frames are named from
+        // its symbol table, whatever `-dbg` package is installed.
+        let mut objects = super::super::objects::Objects::default();
+        objects.refresh();
+        let address = libc::getpid as *const () as usize;
+        let libc = objects.find(address).expect("libc is loaded");
+        assert!(!has_own_dwarf(libc), "{:?}", libc.path);
+    }
+
+    #[test]
+    fn a_stripped_library_is_named_from_its_debug_files_symbols_without_its_dwarf() {
+        let mut objects = super::super::objects::Objects::default();
+        objects.refresh();
+        let libc = objects
+            .find(libc::getpid as *const () as usize)
+            .expect("libc is loaded");
+        let Some(debug) = libc
+            .build_id
+            .as_deref()
+            .and_then(|id| Mmap::open(&debug_file_path(id)))
+        else {
+            eprintln!("no debug file for {:?}: nothing to check", libc.path);
+            return;
+        };
+        let file = object::File::parse(debug.bytes()).expect("a debug file parses");
+        // A static function: in the debug file's symbol table, not in libc's dynamic one.
+        let svma = file
+            .symbol_map()
+            .symbols()
+            .iter()
+            .find(|s| s.name() == "__libc_start_call_main")
+            .expect("glibc's debug file names __libc_start_call_main")
+            .address();
+        let address = (svma as usize).wrapping_add(libc.bias) + 1;
+        let frames = Resolver::default().frames(libc, address);
+        // Named, and without the file and line only its DWARF would give.
+        assert_eq!(
+            frames,
+            vec![(Some("__libc_start_call_main".to_owned()), None, 0)]
+        );
+        // And so through the symbolizer, which does not hand libc to the `backtrace` crate.
+        let resolved = super::super::symbolize::resolve_all(&[address]);
+        let frames = &resolved[&address];
+        assert_eq!(frames.len(), 1);
+        assert_eq!(&*frames[0].frame.function, "__libc_start_call_main");
+        assert_eq!(frames[0].frame.lineno, 0);
     }
 
     #[test]

@@ -52,6 +52,9 @@ struct State {
     cache: HashMap<usize, Cached>,
     #[cfg(target_os = "linux")]
     files: super::elf::Resolver,
+    /// Whether a shared object's own file holds DWARF, by id (see [`State::raw_frames`]).
+    #[cfg(target_os = "linux")]
+    own_dwarf: HashMap<u64, bool>,
 }
 
 fn state() -> &'static Mutex<State> {
@@ -114,7 +117,10 @@ impl State {
         self.cache
             .retain(|&ip, cached| objects.place(call_of(ip)) == cached.place);
         #[cfg(target_os = "linux")]
-        self.files.retain(|id| objects.by_id(id).is_some());
+        {
+            self.files.retain(|id| objects.by_id(id).is_some());
+            self.own_dwarf.retain(|&id, _| objects.by_id(id).is_some());
+        }
     }
 
     /// The objects of the first read that the `backtrace` crate lists as they are. It lists
@@ -147,7 +153,22 @@ impl State {
             // The loaded objects are not known on this platform.
             Place::Unlisted => by_backtrace(ip),
             Place::Object(id) => {
-                let trusted = self.trusted.as_ref().is_some_and(|t| t.contains(&id));
+                #[allow(unused_mut)]
+                let mut trusted = self.trusted.as_ref().is_some_and(|t| t.contains(&id));
+                // A shared object whose DWARF is not in its own file (a system library whose
+                // debug information a `-dbg` package installed apart) is named from its symbol
+                // table: the `backtrace` crate would parse all of that file's DWARF, over
+                // 30 MB for glibc's, for frames that are never the program's own code (the
+                // C runtime below `main`, a C library calling back into Rust).
+                #[cfg(target_os = "linux")]
+                if trusted {
+                    if let Some(object) = self.objects.by_id(id).filter(|o| !o.main) {
+                        trusted = *self
+                            .own_dwarf
+                            .entry(id)
+                            .or_insert_with(|| super::elf::has_own_dwarf(object));
+                    }
+                }
                 #[allow(unused_mut)]
                 let mut frames = if trusted {
                     by_backtrace(ip)
