@@ -175,8 +175,10 @@ fn is_c_runtime(function: &str, path: Option<&str>) -> bool {
         return false;
     }
     match path {
+        // A symbol table names an address by any of its aliases: glibc's `clone3` is also
+        // `__clone3` and the internal `__GI___clone3`.
         None => matches!(
-            function,
+            function.strip_prefix("__GI_").unwrap_or(function),
             "main"
                 | "__libc_start_call_main"
                 | "__libc_start_main"
@@ -184,7 +186,9 @@ fn is_c_runtime(function: &str, path: Option<&str>) -> bool {
                 | "_start"
                 | "start_thread"
                 | "clone"
+                | "__clone"
                 | "clone3"
+                | "__clone3"
         ),
         Some(path) => path.starts_with("./") || path.starts_with("../"),
     }

@@ -412,6 +412,9 @@ mod tests {
         assert_eq!(classify("main", None), Kind::Runtime);
         assert_eq!(classify("app::clone", Some("src/lib.rs")), Kind::Own);
         assert_eq!(classify("clone3", None), Kind::Runtime);
+        // Symbol-table aliases of glibc functions, as a stripped libc names them.
+        assert_eq!(classify("__GI___clone3", None), Kind::Runtime);
+        assert_eq!(classify("__clone3", None), Kind::Runtime);
         assert_eq!(
             classify("dl_iterate_phdr", Some("./elf/dl-iteratephdr.c")),
             Kind::Runtime
