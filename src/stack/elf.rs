@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// One frame at an address, before classification: function, source path, line.
 pub(crate) type RawFrame = (Option<String>, Option<String>, u32);
 
-type Slice = gimli::EndianSlice<'static, gimli::NativeEndian>;
+pub(super) type Slice = gimli::EndianSlice<'static, gimli::NativeEndian>;
 
 /// Parsed objects kept for their next addresses: parsing DWARF costs far more than a lookup.
 const KEPT: usize = 4;
@@ -74,7 +74,7 @@ impl Resolver {
 }
 
 /// A file mapped read-only.
-struct Mmap {
+pub(super) struct Mmap {
     ptr: *mut libc::c_void,
     len: usize,
 }
@@ -83,7 +83,7 @@ struct Mmap {
 unsafe impl Send for Mmap {}
 
 impl Mmap {
-    fn open(path: &Path) -> Option<Mmap> {
+    pub(super) fn open(path: &Path) -> Option<Mmap> {
         use std::os::unix::io::AsRawFd;
         let file = std::fs::File::open(path).ok()?;
         let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
@@ -106,7 +106,7 @@ impl Mmap {
     }
 
     /// The bytes, with a lifetime the caller must not let outlive `self` (see [`Parsed`]).
-    fn bytes(&self) -> &'static [u8] {
+    pub(super) fn bytes(&self) -> &'static [u8] {
         // SAFETY: `ptr` maps `len` readable bytes until `drop`; every `'static` borrow is held
         // by the `Parsed` that owns this mapping and is dropped before it.
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
@@ -263,7 +263,7 @@ pub(crate) fn has_own_dwarf(object: &Object) -> bool {
 
 /// Rust symbols demangled as the `backtrace` crate prints them (`{:#}`: without the hash),
 /// others as they are.
-fn demangle(raw: &[u8]) -> String {
+pub(super) fn demangle(raw: &[u8]) -> String {
     format!("{:#}", backtrace::SymbolName::new(raw))
 }
 

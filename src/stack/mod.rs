@@ -9,6 +9,8 @@ pub(crate) mod intern;
 pub(crate) mod objects;
 pub(crate) mod origin;
 pub(crate) mod symbolize;
+#[cfg(target_os = "linux")]
+pub(crate) mod unitwise;
 
 pub use capture::CaptureMode;
 pub(crate) use intern::StackId;

@@ -55,6 +55,12 @@ struct State {
     /// Whether a shared object's own file holds DWARF, by id (see [`State::raw_frames`]).
     #[cfg(target_os = "linux")]
     own_dwarf: HashMap<u64, bool>,
+    /// The executable's DWARF, read unit by unit (see [`super::unitwise`]).
+    #[cfg(target_os = "linux")]
+    executable: super::unitwise::Executable,
+    /// Whether `executable` answers for this batch; if not, the `backtrace` crate does.
+    #[cfg(target_os = "linux")]
+    executable_ready: bool,
 }
 
 fn state() -> &'static Mutex<State> {
@@ -87,6 +93,8 @@ pub(crate) fn resolve_all(addresses: &[usize]) -> HashMap<usize, Arc<[SymFrame]>
     if missing.is_empty() {
         return out;
     }
+    #[cfg(target_os = "linux")]
+    state.prepare_executable(&missing);
     let base = current_dir_prefix();
     for ip in missing {
         let place = state.objects.place(call_of(ip));
@@ -104,6 +112,26 @@ pub(crate) fn resolve_all(addresses: &[usize]) -> HashMap<usize, Arc<[SymFrame]>
 }
 
 impl State {
+    /// Reads the units of the executable's DWARF that hold the addresses of `ips` in it.
+    #[cfg(target_os = "linux")]
+    fn prepare_executable(&mut self, ips: &[usize]) {
+        let Some(main) = self.objects.list().iter().find(|o| o.main) else {
+            self.executable_ready = false;
+            return;
+        };
+        let svmas: Vec<u64> = ips
+            .iter()
+            .map(|&ip| call_of(ip))
+            .filter(|&a| self.objects.find(a).is_some_and(|o| o.id == main.id))
+            .map(|a| a.wrapping_sub(main.bias) as u64)
+            .collect();
+        if svmas.is_empty() {
+            self.executable_ready = false;
+            return;
+        }
+        self.executable_ready = self.executable.prepare(main, &svmas);
+    }
+
     /// Reads the loaded objects again if any was loaded or unloaded since the last read, and
     /// forgets what was resolved in objects no longer where they were.
     fn refresh(&mut self) {
@@ -167,6 +195,15 @@ impl State {
                             .own_dwarf
                             .entry(id)
                             .or_insert_with(|| super::elf::has_own_dwarf(object));
+                    }
+                }
+                #[cfg(target_os = "linux")]
+                if self.executable_ready {
+                    if let Some(main) = self.objects.by_id(id).filter(|o| o.main) {
+                        let svma = call_of(ip).wrapping_sub(main.bias) as u64;
+                        if let Some(frames) = self.executable.frames(svma) {
+                            return frames;
+                        }
                     }
                 }
                 #[allow(unused_mut)]
