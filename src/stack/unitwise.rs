@@ -695,6 +695,7 @@ fn arange_ranges(aranges: &'static [u8], starts: &[u64]) -> Option<Vec<(u64, u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object::ObjectSymbol as _;
 
     #[inline(never)]
     fn marker_one() -> usize {
@@ -903,6 +904,36 @@ mod tests {
                 "{address:#x}"
             );
         }
+    }
+
+    #[test]
+    fn names_files_and_lines_agree_with_the_backtrace_crate_across_the_binary() {
+        // Functions the symbol table names, sampled across the binary, in one batch.
+        let (objects, id) = main_object();
+        let object = objects.by_id(id).unwrap();
+        if !object.main {
+            return;
+        }
+        let map = Mmap::open(EXE.as_ref()).unwrap();
+        let elf = object::File::parse(map.bytes()).unwrap();
+        let functions: Vec<u64> = elf
+            .symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 1)
+            .map(|s| s.address() + 1)
+            .collect();
+        let step = (functions.len() / 300).max(1);
+        let svmas: Vec<u64> = functions.into_iter().step_by(step).collect();
+        let mut exe = Executable::default();
+        assert!(exe.prepare(object, &svmas));
+        let (mut named, mut lined) = (0, 0);
+        for &svma in &svmas {
+            let address = svma as usize + object.bias;
+            let ours = exe.frames(svma).unwrap_or_default();
+            assert_eq!(ours, by_backtrace(address + 1), "at {address:#x}");
+            named += ours.iter().filter(|f| f.0.is_some()).count();
+            lined += ours.iter().filter(|f| f.2 != 0).count();
+        }
+        assert!(named > 200 && lined > 100, "{named} names, {lined} lines");
     }
 
     #[test]
