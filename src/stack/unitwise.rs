@@ -766,7 +766,13 @@ mod tests {
             "the test binary's DWARF is read"
         );
         let (read, all) = exe.units_read().unwrap();
-        assert!(read >= 1 && read * 4 < all, "{read} of {all} units read");
+        assert!(read >= 1 && read < all, "{read} of {all} units read");
+        // Without link-time optimization (a debug build) units hardly refer to each other;
+        // with it, the units an inlined function's entries point to come along (CI runs
+        // these tests with `lto = "fat"` too).
+        if cfg!(debug_assertions) {
+            assert!(read * 4 < all, "{read} of {all} units read");
+        }
         let mut resolved = 0;
         for (&address, &svma) in addresses.iter().zip(&svmas) {
             let Some(frames) = exe.frames(svma) else {
@@ -945,11 +951,17 @@ mod tests {
         }
         let svma = |f: usize| f.wrapping_sub(object.bias) as u64;
         let ours = svma(marker_one as *const () as usize);
-        // A function of another crate, compiled into another unit.
-        let theirs = svma(backtrace::trace::<fn(&backtrace::Frame) -> bool> as *const () as usize);
         let mut exe = Executable::default();
         assert!(exe.prepare(object, &[ours]));
         let before = exe.units_read().unwrap().0;
+        // The first function of a unit not read yet.
+        let units = exe.state.as_ref().unwrap().as_ref().unwrap();
+        let theirs = units
+            .ranges
+            .iter()
+            .find(|r| r.0 != 0 && units.read_in[r.2].is_none())
+            .expect("a unit is left")
+            .0;
         assert!(exe.frames(theirs).is_none(), "not read yet");
         assert!(exe.prepare(object, &[theirs]));
         assert!(exe.units_read().unwrap().0 > before);
@@ -957,6 +969,7 @@ mod tests {
         assert_eq!(units.generations.len(), 2, "the first generation is kept");
         let name = |s| exe.frames(s).unwrap()[0].0.clone().unwrap();
         assert!(name(ours).ends_with("marker_one"), "{}", name(ours));
-        assert!(name(theirs).contains("trace"), "{}", name(theirs));
+        let address = theirs as usize + object.bias;
+        assert_eq!(exe.frames(theirs), Some(by_backtrace(address + 1)));
     }
 }
