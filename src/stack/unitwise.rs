@@ -142,6 +142,80 @@ impl Drop for Image {
     }
 }
 
+/// A section copied into an [`Image`] a page at a time.
+struct Paged {
+    image: Image,
+    at: Placed,
+    /// One bit a page: copied.
+    copied: Vec<u64>,
+}
+
+const PAGE: u64 = 4096;
+
+impl Paged {
+    fn new(at: Placed) -> Option<Paged> {
+        let pages = at.size.div_ceil(PAGE) as usize;
+        Some(Paged {
+            image: Image::new(at.size as usize)?,
+            at,
+            copied: vec![0; pages.div_ceil(64)],
+        })
+    }
+
+    /// Copies the page holding `offset` unless it is there; `false` past the section's end.
+    fn page(&mut self, file: &File, offset: u64) -> Result<bool, ()> {
+        if offset >= self.at.size {
+            return Ok(false);
+        }
+        let page = (offset / PAGE) as usize;
+        let (word, bit) = (page / 64, 1u64 << (page % 64));
+        if self.copied[word] & bit == 0 {
+            let start = page as u64 * PAGE;
+            let len = PAGE.min(self.at.size - start);
+            let bytes = self.image.range_mut(start, len).ok_or(())?;
+            file.read_exact_at(bytes, self.at.file_offset + start)
+                .map_err(|_| ())?;
+            self.copied[word] |= bit;
+        }
+        Ok(true)
+    }
+
+    /// Copies the pages of the NUL-terminated string at `offset`.
+    fn string(&mut self, file: &File, offset: u64) -> Result<(), ()> {
+        let mut at = offset;
+        while self.page(file, at)? {
+            let end = ((at / PAGE + 1) * PAGE).min(self.at.size);
+            if self.image.bytes()[at as usize..end as usize].contains(&0) {
+                break;
+            }
+            at = end;
+        }
+        Ok(())
+    }
+}
+
+/// The NUL-terminated string at `offset` of the section at `at`, read with `pread`.
+fn read_string(file: &File, at: Placed, offset: u64) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 256];
+    let mut pos = offset;
+    // Mangled Rust names run to a few KiB at most.
+    while pos < at.size && out.len() < 1 << 16 {
+        let len = (chunk.len() as u64).min(at.size - pos) as usize;
+        file.read_exact_at(&mut chunk[..len], at.file_offset + pos)
+            .ok()?;
+        match chunk[..len].iter().position(|&b| b == 0) {
+            Some(nul) => {
+                out.extend_from_slice(&chunk[..nul]);
+                return Some(out);
+            }
+            None => out.extend_from_slice(&chunk[..len]),
+        }
+        pos += len as u64;
+    }
+    None
+}
+
 /// Where a section's bytes are in the file.
 #[derive(Clone, Copy)]
 struct Placed {
@@ -157,6 +231,19 @@ struct Generation {
     context: addr2line::Context<Slice>,
     _info: Image,
     _line: Option<Image>,
+    /// `.debug_str` with only the units' own names and directories in it (see
+    /// [`Units::frames`]); `None`: the mapped file's.
+    str: Option<Paged>,
+}
+
+/// The strings of the units' root entries, which `addr2line` reads when it opens a unit (the
+/// unit's directory prefixes its relative file names).
+#[derive(Default)]
+struct RootStrings {
+    offsets: Vec<u64>,
+    /// A root string by index (`.debug_str_offsets`), or a line program that may name its
+    /// files in `.debug_str` (version 5): `.debug_str` is read from the mapped file.
+    elsewhere: bool,
 }
 
 /// At most this many generations: one more merges them all into one (their parsed tables are
@@ -186,6 +273,7 @@ struct Source {
     starts: Vec<u64>,
     info_at: Placed,
     line_at: Option<Placed>,
+    str_at: Option<Placed>,
     abbrev: &'static [u8],
     /// The sections read from the mapped file.
     by_name: Vec<(gimli::SectionId, &'static [u8])>,
@@ -260,6 +348,7 @@ impl Units {
             starts,
             info_at,
             line_at,
+            str_at: placed(".debug_str"),
             abbrev,
             by_name,
         };
@@ -326,7 +415,8 @@ impl Units {
             Some(unit) => self.read_in[unit]?,
             None => 0,
         };
-        let context = &self.generations.get(generation)?.context;
+        let generation = self.generations.get(generation)?;
+        let context = &generation.context;
         let symbol = || {
             self.symbols
                 .containing(svma)
@@ -338,8 +428,8 @@ impl Units {
             let name = frame
                 .function
                 .as_ref()
-                .and_then(|f| f.raw_name().ok())
-                .map(|n| demangle(n.as_bytes()))
+                .and_then(|f| self.source.name(generation, f.name.slice()))
+                .map(|n| demangle(&n))
                 .or_else(symbol);
             let (path, line) = match &frame.location {
                 Some(l) => (l.file.map(str::to_owned), l.line.unwrap_or(0)),
@@ -378,12 +468,13 @@ impl Source {
         };
         let mut read = vec![false; self.starts.len()];
         let mut work = wanted.to_vec();
+        let mut roots = RootStrings::default();
         while let Some(unit) = work.pop() {
             if read[unit] {
                 continue;
             }
             read[unit] = true;
-            for offset in self.read_unit(unit, &mut info, line.as_mut())? {
+            for offset in self.read_unit(unit, &mut info, line.as_mut(), &mut roots)? {
                 let target = self.unit_at(offset).ok_or(())?;
                 if !read[target] {
                     work.push(target);
@@ -391,13 +482,23 @@ impl Source {
             }
         }
         self.cover_gaps(&read, &mut info)?;
-        let context = self.context(&info, line.as_ref()).ok_or(())?;
+        let mut str = match self.str_at {
+            Some(at) if !roots.elsewhere => Some(Paged::new(at).ok_or(())?),
+            _ => None,
+        };
+        if let Some(str) = &mut str {
+            for &offset in &roots.offsets {
+                str.string(&self.file, offset)?;
+            }
+        }
+        let context = self.context(&info, line.as_ref(), str.as_ref()).ok_or(())?;
         let units = (0..read.len()).filter(|&u| read[u]).collect();
         Ok((
             Generation {
                 context,
                 _info: info,
                 _line: line,
+                str,
             },
             units,
         ))
@@ -410,6 +511,7 @@ impl Source {
         unit: usize,
         info: &mut Image,
         line: Option<&mut Image>,
+        roots: &mut RootStrings,
     ) -> Result<Vec<u64>, ()> {
         let start = self.starts[unit];
         let end = self.end_of(unit);
@@ -454,6 +556,12 @@ impl Source {
                         }
                     }
                     gimli::AttributeValue::DebugLineRef(o) if root => line_program = Some(o.0),
+                    gimli::AttributeValue::DebugStrRef(o) if root => {
+                        roots.offsets.push(o.0 as u64);
+                    }
+                    gimli::AttributeValue::DebugStrOffsetsIndex(_) if root => {
+                        roots.elsewhere = true;
+                    }
                     _ if root
                         && matches!(
                             attr.name(),
@@ -471,19 +579,43 @@ impl Source {
             root = false;
         }
         if let Some(offset) = line_program {
-            self.read_line_program(offset as u64, line.ok_or(())?)?;
+            if self.read_line_program(offset as u64, line.ok_or(())?)? >= 5 {
+                roots.elsewhere = true;
+            }
         }
         Ok(refs)
     }
 
-    /// Copies the line program at `offset` of `.debug_line` into `line`.
-    fn read_line_program(&self, offset: u64, line: &mut Image) -> Result<(), ()> {
+    /// Copies the line program at `offset` of `.debug_line` into `line`; returns its version.
+    fn read_line_program(&self, offset: u64, line: &mut Image) -> Result<u16, ()> {
         let at = self.line_at.ok_or(())?;
         let length = initial_length(&self.file, at, offset).ok_or(())?;
         let bytes = line.range_mut(offset, length).ok_or(())?;
         self.file
             .read_exact_at(bytes, at.file_offset + offset)
-            .map_err(|_| ())
+            .map_err(|_| ())?;
+        // The version follows the initial length (4 bytes, or 12 in 64-bit DWARF).
+        let at = if bytes.starts_with(&[0xff; 4]) { 12 } else { 4 };
+        let version = bytes.get(at..at + 2).ok_or(())?;
+        Ok(u16::from_ne_bytes([version[0], version[1]]))
+    }
+
+    /// The bytes of a function's name as `addr2line` found it in `generation`: a name in
+    /// `.debug_str` points into the generation's copy, where only the units' own strings were
+    /// copied, so it is read from the file at its offset. The names of every function of the
+    /// units read span most of `.debug_str`'s pages; those of the functions a snapshot's
+    /// addresses are in, a few.
+    fn name(&self, generation: &Generation, name: &[u8]) -> Option<Vec<u8>> {
+        let (Some(str), Some(at)) = (&generation.str, self.str_at) else {
+            return Some(name.to_vec());
+        };
+        let base = str.image.bytes().as_ptr() as usize;
+        let offset = (name.as_ptr() as usize).wrapping_sub(base) as u64;
+        if offset >= at.size {
+            // Not a `.debug_str` string (an inline one, in `.debug_info`).
+            return Some(name.to_vec());
+        }
+        read_string(&self.file, at, offset)
     }
 
     /// Writes a placeholder unit (a version 4 header whose abbreviations cannot be read) at the
@@ -518,13 +650,19 @@ impl Source {
         Ok(())
     }
 
-    fn context(&self, info: &Image, line: Option<&Image>) -> Option<addr2line::Context<Slice>> {
+    fn context(
+        &self,
+        info: &Image,
+        line: Option<&Image>,
+        str: Option<&Paged>,
+    ) -> Option<addr2line::Context<Slice>> {
         let info = info.bytes();
         let line = line.map_or(&[][..], Image::bytes);
         let dwarf = gimli::Dwarf::load(|id| -> Result<Slice, ()> {
-            let data = match id {
-                gimli::SectionId::DebugInfo => info,
-                gimli::SectionId::DebugLine => line,
+            let data = match (id, str) {
+                (gimli::SectionId::DebugInfo, _) => info,
+                (gimli::SectionId::DebugLine, _) => line,
+                (gimli::SectionId::DebugStr, Some(str)) => str.image.bytes(),
                 _ => self
                     .by_name
                     .iter()
@@ -931,6 +1069,11 @@ mod tests {
         let svmas: Vec<u64> = functions.into_iter().step_by(step).collect();
         let mut exe = Executable::default();
         assert!(exe.prepare(object, &svmas));
+        let units = exe.state.as_ref().unwrap().as_ref().unwrap();
+        assert!(
+            units.generations[0].str.is_some(),
+            "names are read from the file, not from a copy of .debug_str"
+        );
         let (mut named, mut lined) = (0, 0);
         for &svma in &svmas {
             let address = svma as usize + object.bias;
