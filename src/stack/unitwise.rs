@@ -11,10 +11,12 @@
 //! `.debug_info` and `.debug_line` in anonymous memory that holds only those units (and the
 //! units they refer to by `DW_FORM_ref_addr`, as link-time optimization emits), each at its own
 //! offset, read with `pread`; the units between them are covered by a placeholder unit with no
-//! root entry, which `addr2line` skips. Pages never written are never resident. The other
-//! sections are read from the mapped file as before, at the few places these units point to.
-//! A later snapshot whose addresses are in units not read yet adds them and builds the context
-//! again.
+//! root entry, which `addr2line` skips. Pages never written are never resident. `.debug_str`
+//! is copied the same way with only the units' own names and directories in it, and function
+//! names are read with `pread` at the offsets `addr2line` finds them at (see `Source::name`);
+//! the other sections are read from the mapped file, at the few places these units point to.
+//! A later snapshot whose addresses are in units not read yet reads them into a generation
+//! of their own, a second context (at most 8, then merged into one).
 //!
 //! Anything unusual is left to the `backtrace` crate, as before: no `.debug_aranges`, a
 //! compressed debug section, split DWARF (a skeleton unit), a unit the chain of unit headers
