@@ -52,8 +52,15 @@ pub(crate) fn current_id() -> u32 {
 /// The current thread's own scope (0 = none), not counting an all-threads measurement: the
 /// parent of a measurement it opens. (Under an all-threads measurement, a measurement on another
 /// thread keeps its own figures and must not end with it.)
+#[inline]
 pub(crate) fn own_id() -> u32 {
     CURRENT.try_with(Cell::get).unwrap_or(0)
+}
+
+/// The all-threads measurement's scope (0 = none): the scope of a thread in no scope of its own.
+#[inline]
+pub(crate) fn all_threads_id() -> u32 {
+    ALL_THREADS.load(Ordering::Relaxed)
 }
 
 /// Makes `id` (0: none) the scope of every thread in no scope of its own.
@@ -240,18 +247,23 @@ fn walk(id: u32, mut f: impl FnMut(&mut ScopeData)) {
     }
 }
 
-/// Blocks allocated in any scope, ever: the rest of the table's allocation total was made
-/// outside every scope (see `Measurement::others_unscoped_allocations`). Counted here, on the
-/// scoped path, so that allocations outside any scope pay nothing for it.
+/// Blocks allocated in a thread's own scope, ever: the rest of the table's allocation total was
+/// made outside every scope (see `Measurement::others_unscoped_allocations`). Counted here, on
+/// the scoped path, so that allocations outside any scope pay nothing for it. Blocks an
+/// all-threads measurement takes from threads in no scope of their own are not counted here:
+/// for every other measurement they are still work done outside its scope.
 static SCOPED_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn scoped_allocations() -> u64 {
     SCOPED_ALLOCATIONS.load(Ordering::Relaxed)
 }
 
-/// A block of `size` bytes was allocated in scope `id`.
-pub(crate) fn allocated(id: u32, stack: StackId, size: usize) {
-    SCOPED_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+/// A block of `size` bytes was allocated in scope `id`: the thread's own scope when `own`,
+/// else the all-threads measurement's.
+pub(crate) fn allocated(id: u32, stack: StackId, size: usize, own: bool) {
+    if own {
+        SCOPED_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
     walk(id, |d| d.add(stack, size, true));
 }
 

@@ -559,7 +559,11 @@ pub fn try_measure_all_threads<R>(f: impl FnOnce() -> R) -> Result<(R, Measureme
         let _inside = Inside::enter(open.id);
         f()
     };
-    Ok((result, open.finish()?))
+    let mut m = open.finish()?;
+    // Every thread in no scope of its own allocated into this measurement: none worked outside
+    // it. (The blocks it took count as unscoped work for the other measurements open meanwhile.)
+    m.others_unscoped = 0;
+    Ok((result, m))
 }
 
 /// An open measurement scope and what the process looked like when it opened; closed when
@@ -582,13 +586,15 @@ impl Open {
         if let Some(mean) = control::sampling() {
             return Err(Error::Sampled { mean });
         }
+        // Before the scope opens: what other threads allocate meanwhile falls in the figure.
+        let unscoped_before = unscoped_allocations(Reading::Opening);
         let id = scope::open_watching(parent, watch.is_some()).ok_or(Error::ScopeUnavailable)?;
         Ok(Open {
             id,
             measured_in: watch.unwrap_or(""),
             skipped_before: scope::skipped_updates(),
             clears_before: crate::counters::clears(),
-            unscoped_before: unscoped_allocations(),
+            unscoped_before,
         })
     }
 
@@ -605,16 +611,44 @@ impl Open {
         figures.lost += scope::skipped_updates() - self.skipped_before;
         let mut m = Measurement::from_figures(figures);
         m.measured_in = self.measured_in;
-        m.others_unscoped = unscoped_allocations().saturating_sub(self.unscoped_before);
+        // The blocks this scope saw other threads allocate outside every scope are a floor
+        // (the totals are read shard by shard while other threads allocate).
+        let seen: u64 = m
+            .others
+            .iter()
+            .map(|&(_, allocations, _)| allocations)
+            .sum();
+        m.others_unscoped = unscoped_allocations(Reading::Closing)
+            .saturating_sub(self.unscoped_before)
+            .max(seen);
         Ok(m)
     }
 }
 
-/// Blocks recorded outside every scope since the totals were last reset.
-fn unscoped_allocations() -> u64 {
-    crate::table::totals()
-        .1
-        .saturating_sub(scope::scoped_allocations())
+/// When [`unscoped_allocations`] is read: the order of its two reads makes a block another
+/// thread allocates in a scope meanwhile err towards more unscoped blocks in the measurement,
+/// never fewer.
+#[derive(Clone, Copy)]
+enum Reading {
+    Opening,
+    Closing,
+}
+
+/// Blocks recorded outside every scope since the totals were last reset. A block allocated in a
+/// scope enters the table's totals, then the scoped count: at opening the totals are read
+/// first, at closing the scoped count.
+fn unscoped_allocations(when: Reading) -> u64 {
+    let (total, scoped) = match when {
+        Reading::Opening => {
+            let total = crate::table::totals().1;
+            (total, scope::scoped_allocations())
+        }
+        Reading::Closing => {
+            let scoped = scope::scoped_allocations();
+            (crate::table::totals().1, scoped)
+        }
+    };
+    total.saturating_sub(scoped)
 }
 
 impl Drop for Open {

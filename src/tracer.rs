@@ -443,7 +443,13 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
     let (n, hash) = capture::capture_hashed(&mut buf[..cap]);
     // SAFETY: `capture` initialized the first `n` slots.
     let addresses = unsafe { &*(&buf[..n] as *const [MaybeUninit<usize>] as *const [usize]) };
-    let scope = scope::current_id();
+    // The thread's own scope, else an all-threads measurement's (see `scope::current_id`).
+    let own = scope::own_id();
+    let scope = if own != 0 {
+        own
+    } else {
+        scope::all_threads_id()
+    };
     if scope != 0 && scope::registry_is_mine() {
         // A signal handler interrupted the scopes' bookkeeping: it cannot be updated.
         counters::dropped();
@@ -462,10 +468,13 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
                 scope::freed(&stale);
             }
             if scope != 0 {
-                scope::allocated(scope, stack, size);
-            } else if scope::watching() {
+                scope::allocated(scope, stack, size, own != 0);
+            }
+            if own == 0 && scope::watching() {
                 // A measurement is open: it keeps the stacks of work done outside every scope
-                // (a pool it did not carry its scope to; see `Measurement::escaped_work`).
+                // (a pool it did not carry its scope to; see `Measurement::escaped_work`), also
+                // while an all-threads measurement on another thread counts that work in its
+                // own figures.
                 scope::observed(stack, size);
             }
             true

@@ -305,6 +305,62 @@ fn measure_all_threads_counts_a_pool_it_does_not_control() {
     );
 }
 
+/// Six blocks for `n` = 5 (five and the `Vec` holding them), on a line no other test here calls.
+#[inline(never)]
+fn beside_work(n: usize) -> (Vec<Vec<u8>>, u32) {
+    (
+        (0..n).map(|i| black_box(vec![7u8; 100 + i])).collect(),
+        line!(),
+    )
+}
+
+#[test]
+fn a_measurement_beside_an_all_threads_measurement_still_sees_the_work_it_left_out() {
+    use std::sync::Barrier;
+    let line = beside_work(0).1;
+    let at_line = |sites: &[tracealloc::SiteUsage]| {
+        sites
+            .iter()
+            .filter(|s| s.traceback.call_site().lineno == line)
+            .map(|s| s.blocks)
+            .sum::<usize>()
+    };
+    let (opened, done) = (Barrier::new(2), Barrier::new(2));
+    let (everyone, mine) = std::thread::scope(|s| {
+        let everyone = s.spawn(|| {
+            tracealloc::measure_all_threads(|| {
+                opened.wait();
+                done.wait();
+            })
+            .1
+        });
+        opened.wait();
+        // A thread the measurement does not carry its scope to: in no scope of its own, its
+        // blocks are the all-threads measurement's, and work this measurement left out.
+        let (_, mine) =
+            tracealloc::measure(|| std::thread::spawn(|| beside_work(5).0).join().unwrap());
+        done.wait();
+        (everyone.join().unwrap(), mine)
+    });
+    assert_eq!(
+        at_line(everyone.top_allocating()),
+        6,
+        "the thread's blocks are the all-threads measurement's:\n{everyone}"
+    );
+    assert_eq!(everyone.others_unscoped_allocations(), 0, "{everyone}");
+    assert!(everyone.escaped_work().is_empty(), "{everyone}");
+    assert!(
+        mine.others_unscoped_allocations() >= 6,
+        "the thread's blocks are work the measurement left out:\n{mine}"
+    );
+    assert_eq!(at_line(&mine.escaped_work()), 6, "{mine}");
+    assert_eq!(at_line(mine.top_allocating()), 0, "{mine}");
+    assert!(
+        std::panic::catch_unwind(|| mine.assert_allocations_at_most(100)).is_err(),
+        "{mine}"
+    );
+}
+
 /// The lengths of `work(x)` for each item, computed in the pool: the result's `Vec` is made on
 /// the calling thread, each item's `Vec` on a worker.
 #[inline(never)]
