@@ -308,10 +308,9 @@ fn measure_all_threads_counts_a_pool_it_does_not_control() {
 /// Six blocks for `n` = 5 (five and the `Vec` holding them), on a line no other test here calls.
 #[inline(never)]
 fn beside_work(n: usize) -> (Vec<Vec<u8>>, u32) {
-    (
-        (0..n).map(|i| black_box(vec![7u8; 100 + i])).collect(),
-        line!(),
-    )
+    let line = line!() + 1;
+    let blocks = (0..n).map(|i| black_box(vec![7u8; 100 + i])).collect();
+    (blocks, line)
 }
 
 #[test]
