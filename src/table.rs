@@ -134,28 +134,100 @@ pub(crate) fn size_bucket(size: usize) -> usize {
     (usize::BITS - size.leading_zeros()) as usize
 }
 
-/// A live block as the table stores it: 16 bytes (with hashbrown's control byte, 17 a
-/// bucket). The scope of a block allocated inside a measurement scope and the size of a block
-/// of 4 GiB or more live in small side tables, flagged here.
+/// A live block as the table stores it: 12 bytes (with hashbrown's control byte, 13 a
+/// bucket), four-byte aligned. Its key is the block's address: an address fits in 48 bits on
+/// the 64-bit targets' user space; one that does not goes by an alias (see [`Shard::far`]).
+/// A 24-bit size and a 24-bit stack id; a block of [`BIG`] bytes or more, a stack id of
+/// [`SIDE`] or more, or a block allocated inside a measurement scope has its record in
+/// `Shard::side`, and [`SIDE`] in its stack field.
 #[derive(Clone, Copy, Debug)]
+#[repr(C, packed(4))]
 struct Slot {
-    address: usize,
-    /// The size, or [`BIG`]: look in `Shard::big`.
-    size: u32,
-    /// The stack id, with [`SCOPED`] set when the scope is in `Shard::scoped`.
-    stack: u32,
+    /// The key (48 bits), then the size's low 16 bits.
+    key_and_size: u64,
+    /// The size's high 8 bits, then the stack field (24 bits).
+    rest: u32,
 }
 
-const BIG: u32 = u32::MAX;
-const SCOPED: u32 = 1 << 31;
+const _: () = assert!(std::mem::size_of::<Slot>() == 12 && std::mem::align_of::<Slot>() == 4);
+
+/// The largest key: addresses above it are keyed by an alias.
+const NEAR: u64 = (1 << 48) - 1;
+/// The sizes a slot holds are below this.
+const BIG: usize = 1 << 24;
+/// In the stack field: the record is in `Shard::side`. Stack ids a slot holds are below it.
+const SIDE: u32 = (1 << 24) - 1;
+/// Aliases for addresses above [`NEAR`]: the first page's addresses, which no block has.
+const FAR_ALIASES: usize = 4096;
+
+/// Whether the block at `address` is keyed by an alias: above [`NEAR`], or (never for a real
+/// block) below [`FAR_ALIASES`], where the aliases are. One compare.
+#[inline(always)]
+fn keyed_by_alias(address: usize) -> bool {
+    (address as u64).wrapping_sub(FAR_ALIASES as u64) > NEAR - FAR_ALIASES as u64
+}
+
+impl Slot {
+    /// The slot of a block whose record fits in it (see [`Slot::fits`]).
+    #[inline(always)]
+    fn new(key: usize, size: usize, stack: StackId) -> Slot {
+        Slot {
+            key_and_size: key as u64 | ((size as u64) << 48),
+            rest: ((size >> 16) as u32) | (stack << 8),
+        }
+    }
+
+    /// Whether a block of `size` bytes and stack `stack`, outside any scope, fits in a slot.
+    #[inline(always)]
+    fn fits(size: usize, stack: StackId) -> bool {
+        size < BIG && stack < SIDE
+    }
+
+    /// The slot of a block whose record is in `Shard::side`.
+    fn side(key: usize) -> Slot {
+        Slot {
+            key_and_size: key as u64,
+            rest: SIDE << 8,
+        }
+    }
+
+    #[inline(always)]
+    fn key(&self) -> usize {
+        (self.key_and_size & NEAR) as usize
+    }
+
+    #[inline(always)]
+    fn is(&self, key: usize) -> bool {
+        self.key_and_size & NEAR == key as u64
+    }
+
+    #[inline(always)]
+    fn size(&self) -> usize {
+        (self.key_and_size >> 48) as usize | ((self.rest & 0xff) as usize) << 16
+    }
+
+    #[inline(always)]
+    fn stack(&self) -> StackId {
+        self.rest >> 8
+    }
+
+    /// Whether the record is in `Shard::side`.
+    #[inline(always)]
+    fn in_side(&self) -> bool {
+        self.rest >= SIDE << 8
+    }
+}
 
 #[derive(Debug)]
 struct Shard {
     live: HashTable<Slot, MetaAlloc>,
-    /// Address → scope, for live blocks allocated inside a measurement scope.
-    scoped: HashTable<(usize, u32), MetaAlloc>,
-    /// Address → size, for live blocks of `BIG` bytes or more.
-    big: HashTable<(usize, usize), MetaAlloc>,
+    /// The records of live blocks that do not fit in a slot, by key (in `Entry::address`):
+    /// blocks allocated inside a measurement scope, of [`BIG`] bytes or more, or of stacks
+    /// with ids of [`SIDE`] or more.
+    side: HashTable<Entry, MetaAlloc>,
+    /// Alias → address, for live blocks at addresses above [`NEAR`] (none on the usual
+    /// kernels' user space): an alias below [`FAR_ALIASES`] is their key.
+    far: HashTable<(usize, usize), MetaAlloc>,
     /// Per stack, what this shard recorded, holds, held at the peak.
     sites: HashTable<Site, MetaAlloc>,
     /// Blocks recorded per size bucket (see [`size_bucket`]): their sum is the shard's
@@ -213,8 +285,8 @@ impl Shard {
     const fn new() -> Self {
         Shard {
             live: HashTable::new_in(MetaAlloc),
-            scoped: HashTable::new_in(MetaAlloc),
-            big: HashTable::new_in(MetaAlloc),
+            side: HashTable::new_in(MetaAlloc),
+            far: HashTable::new_in(MetaAlloc),
             sites: HashTable::new_in(MetaAlloc),
             sizes: [0; SIZE_BUCKETS],
             allocated_bytes: 0,
@@ -222,108 +294,124 @@ impl Shard {
         }
     }
 
-    /// Stores `entry`'s side parts and returns its slot; `Err` when a side table cannot grow.
+    /// The slot of a block keyed by `key` (its address, or the alias of one), its record
+    /// stored in `side` when it does not fit; `Err`, storing nothing, when `side` cannot grow.
+    /// `h`: the key's hash.
     #[inline(always)]
     fn pack(
         &mut self,
-        address: usize,
+        key: usize,
         size: usize,
         stack: StackId,
         scope: u32,
         h: u64,
     ) -> Result<Slot, ()> {
-        debug_assert!(stack & SCOPED == 0, "stack ids stay below 2^31");
-        if size >= BIG as usize || scope != 0 {
-            return self.pack_with_side_parts(
-                &Entry {
-                    address,
-                    size,
-                    stack,
-                    scope,
-                },
-                h,
-            );
+        if scope == 0 && Slot::fits(size, stack) {
+            Ok(Slot::new(key, size, stack))
+        } else {
+            self.pack_aside(key, size, stack, scope, h)
         }
-        Ok(Slot {
-            address,
-            size: size as u32,
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pack_aside(
+        &mut self,
+        key: usize,
+        size: usize,
+        stack: StackId,
+        scope: u32,
+        h: u64,
+    ) -> Result<Slot, ()> {
+        self.side
+            .try_reserve(1, |e| address_hash(e.address))
+            .map_err(|_| ())?;
+        let record = Entry {
+            address: key,
+            size,
             stack,
-        })
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn pack_with_side_parts(&mut self, entry: &Entry, h: u64) -> Result<Slot, ()> {
-        let mut slot = Slot {
-            address: entry.address,
-            size: u32::try_from(entry.size).unwrap_or(BIG),
-            stack: entry.stack,
+            scope,
         };
-        if slot.size == BIG {
-            self.big
-                .try_reserve(1, |&(a, _)| address_hash(a))
-                .map_err(|_| ())?;
-            self.big
-                .insert_unique(h, (entry.address, entry.size), |&(a, _)| address_hash(a));
-        }
-        if entry.scope != 0 {
-            if self
-                .scoped
-                .try_reserve(1, |&(a, _)| address_hash(a))
-                .is_err()
-            {
-                if slot.size == BIG {
-                    self.take_big(entry.address, h);
-                }
-                return Err(());
-            }
-            self.scoped
-                .insert_unique(h, (entry.address, entry.scope), |&(a, _)| address_hash(a));
-            slot.stack |= SCOPED;
-        }
-        Ok(slot)
+        self.side
+            .insert_unique(h, record, |e| address_hash(e.address));
+        Ok(Slot::side(key))
     }
 
-    /// The whole record of `slot`.
+    /// The whole record of `slot`; `h`: its key's hash.
     fn unpack(&self, slot: &Slot, h: u64) -> Entry {
-        Entry {
-            address: slot.address,
-            size: if slot.size == BIG {
-                self.big
-                    .find(h, |&(a, _)| a == slot.address)
-                    .map_or(BIG as usize, |&(_, size)| size)
-            } else {
-                slot.size as usize
-            },
-            stack: slot.stack & !SCOPED,
-            scope: if slot.stack & SCOPED != 0 {
-                self.scoped
-                    .find(h, |&(a, _)| a == slot.address)
-                    .map_or(0, |&(_, scope)| scope)
-            } else {
-                0
-            },
-        }
-    }
-
-    /// The whole record of `slot`, whose side parts are removed.
-    #[cold]
-    #[inline(never)]
-    fn unpack_and_forget(&mut self, slot: &Slot, h: u64) -> Entry {
-        let entry = self.unpack(slot, h);
-        if slot.size == BIG {
-            self.take_big(slot.address, h);
-        }
-        if slot.stack & SCOPED != 0 {
-            if let Ok(e) = self.scoped.find_entry(h, |&(a, _)| a == slot.address) {
-                e.remove();
+        let key = slot.key();
+        let mut entry = if slot.in_side() {
+            self.side
+                .find(h, |e| e.address == key)
+                .copied()
+                .unwrap_or(Entry {
+                    address: key,
+                    size: 0,
+                    stack: SIDE,
+                    scope: 0,
+                })
+        } else {
+            Entry {
+                address: key,
+                size: slot.size(),
+                stack: slot.stack(),
+                scope: 0,
+            }
+        };
+        if key < FAR_ALIASES {
+            if let Some(&(_, address)) = self.far.find(h, |&(alias, _)| alias == key) {
+                entry.address = address;
             }
         }
         entry
     }
 
-    fn take_big(&mut self, address: usize, h: u64) {
-        if let Ok(e) = self.big.find_entry(h, |&(a, _)| a == address) {
+    /// The whole record of `slot`, whose record in `side` is removed (not its alias: the
+    /// caller decides, see [`Shard::forget_alias`]).
+    #[cold]
+    #[inline(never)]
+    fn unpack_and_forget(&mut self, slot: &Slot, h: u64) -> Entry {
+        let entry = self.unpack(slot, h);
+        let key = slot.key();
+        if let Ok(e) = self.side.find_entry(h, |e| e.address == key) {
+            e.remove();
+        }
+        entry
+    }
+
+    /// The key of a block at `address`, for which [`keyed_by_alias`] holds, and the key's hash:
+    /// its alias, made when `make` and it has none. `None` when it has none, or no alias is
+    /// free (4095 such blocks live in this shard), or the alias table cannot grow.
+    #[cold]
+    #[inline(never)]
+    fn alias(&mut self, address: usize, make: bool) -> Option<(usize, u64)> {
+        let known = self.far.iter().find(|&&(_, a)| a == address);
+        if let Some(&(alias, _)) = known {
+            return Some((alias, address_hash(alias)));
+        }
+        if !make || self.far.len() >= FAR_ALIASES - 1 {
+            return None;
+        }
+        self.far.try_reserve(1, |&(k, _)| address_hash(k)).ok()?;
+        let alias = (1..FAR_ALIASES)
+            .find(|&k| self.far.find(address_hash(k), |&(a, _)| a == k).is_none())?;
+        let h = address_hash(alias);
+        self.far
+            .insert_unique(h, (alias, address), |&(k, _)| address_hash(k));
+        Some((alias, h))
+    }
+
+    /// The block at `address` is gone: its alias, if it has one, is free again.
+    #[cold]
+    #[inline(never)]
+    fn forget_alias(&mut self, address: usize) {
+        let Some(&(alias, _)) = self.far.iter().find(|&&(_, a)| a == address) else {
+            return;
+        };
+        if let Ok(e) = self
+            .far
+            .find_entry(address_hash(alias), |&(k, _)| k == alias)
+        {
             e.remove();
         }
     }
@@ -389,7 +477,7 @@ impl Shard {
         add: impl Fn(&mut Site, sample::Weight),
     ) {
         for slot in live.iter() {
-            let entry = self.unpack(slot, address_hash(slot.address));
+            let entry = self.unpack(slot, address_hash(slot.key()));
             let weight = sample::weight(entry.size);
             self.with_site(entry.stack, false, || (), |site, ()| add(site, weight));
         }
@@ -678,7 +766,7 @@ fn address_hash(address: usize) -> u64 {
 
 #[inline]
 fn rehash(s: &Slot) -> u64 {
-    address_hash(s.address)
+    address_hash(s.key())
 }
 
 /// Records a live block. Returns `Err(())`, recording nothing, when the table could not grow
@@ -705,21 +793,23 @@ pub(crate) fn insert(
     if shard.live.try_reserve(1, rehash).is_err() {
         return Err(());
     }
+    let (key, h) = if keyed_by_alias(address) {
+        shard.alias(address, true).ok_or(())?
+    } else {
+        (address, h)
+    };
     let weight = sample::weight(size);
-    let stale = match shard.live.entry(h, |s| s.address == address, rehash) {
+    let stale = match shard.live.entry(h, |s| s.is(key), rehash) {
         hashbrown::hash_table::Entry::Occupied(occupied) => Some(*occupied.get()),
-        hashbrown::hash_table::Entry::Vacant(vacant) if size < BIG as usize && scope == 0 => {
-            vacant.insert(Slot {
-                address,
-                size: size as u32,
-                stack,
-            });
+        hashbrown::hash_table::Entry::Vacant(vacant) if scope == 0 && Slot::fits(size, stack) => {
+            vacant.insert(Slot::new(key, size, stack));
             None
         }
         hashbrown::hash_table::Entry::Vacant(_) => {
-            // Side parts (blocks of 4 GiB or more, blocks made inside a measurement scope):
-            // `pack` needs the whole shard, so the bucket is looked up again.
-            let slot = shard.pack(address, size, stack, scope, h)?;
+            // Side parts (blocks of 16 MiB or more, stacks past the 8,388,606th, blocks made
+            // inside a measurement scope): `pack` needs the whole shard, so the bucket is
+            // looked up again.
+            let slot = shard.pack(key, size, stack, scope, h)?;
             shard.live.insert_unique(h, slot, rehash);
             None
         }
@@ -744,9 +834,12 @@ pub(crate) fn insert(
         sample::unmark(address);
     }
     shard.release(old.stack, old_weight, true);
-    let Ok(slot) = shard.pack(address, size, stack, scope, h) else {
-        if let Ok(e) = shard.live.find_entry(h, |s| s.address == address) {
+    let Ok(slot) = shard.pack(key, size, stack, scope, h) else {
+        if let Ok(e) = shard.live.find_entry(h, |s| s.is(key)) {
             e.remove();
+        }
+        if keyed_by_alias(address) {
+            shard.forget_alias(address);
         }
         shard.allocated_bytes -= weight.bytes;
         shard.held -= weight.bytes;
@@ -756,7 +849,7 @@ pub(crate) fn insert(
         }
         return Err(());
     };
-    if let Some(s) = shard.live.find_mut(h, |s| s.address == address) {
+    if let Some(s) = shard.live.find_mut(h, |s| s.is(key)) {
         *s = slot;
     }
     shard.add_block(stack, weight, credit);
@@ -774,7 +867,15 @@ pub(crate) fn restore(entry: Entry) -> bool {
     if shard.live.try_reserve(1, rehash).is_err() {
         return false;
     }
-    let Ok(slot) = shard.pack(entry.address, entry.size, entry.stack, entry.scope, h) else {
+    let (key, h) = if keyed_by_alias(entry.address) {
+        let Some(keyed) = shard.alias(entry.address, true) else {
+            return false;
+        };
+        keyed
+    } else {
+        (entry.address, h)
+    };
+    let Ok(slot) = shard.pack(key, entry.size, entry.stack, entry.scope, h) else {
         return false;
     };
     shard.live.insert_unique(h, slot, rehash);
@@ -817,24 +918,42 @@ pub(crate) fn remove(
     count: bool,
     temporary: bool,
 ) -> Result<Option<(Entry, usize)>, Busy> {
-    let (mut shard, h) = locate_unless_mine(address)?;
-    let Ok(found) = shard.live.find_entry(h, |s| s.address == address) else {
+    let (mut guard, h) = locate_unless_mine(address)?;
+    let shard = &mut *guard;
+    let (key, h) = if keyed_by_alias(address) {
+        let Some(keyed) = shard.alias(address, false) else {
+            return Ok(None);
+        };
+        keyed
+    } else {
+        (address, h)
+    };
+    let Ok(found) = shard.live.find_entry(h, |s| s.is(key)) else {
         return Ok(None);
     };
-    if found.get().stack & SCOPED != 0 && crate::scope::registry_is_mine() {
+    if found.get().in_side()
+        && crate::scope::registry_is_mine()
+        && shard
+            .side
+            .find(h, |e| e.address == key)
+            .is_some_and(|e| e.scope != 0)
+    {
         return Err(Busy);
     }
     let (slot, _) = found.remove();
-    let entry = if slot.size == BIG || slot.stack & SCOPED != 0 {
+    let entry = if slot.in_side() {
         shard.unpack_and_forget(&slot, h)
     } else {
         Entry {
             address,
-            size: slot.size as usize,
-            stack: slot.stack,
+            size: slot.size(),
+            stack: slot.stack(),
             scope: 0,
         }
     };
+    if key != address {
+        shard.forget_alias(address);
+    }
     let weight = sample::weight(entry.size);
     shard.held -= weight.bytes;
     if sample::mean() != 0 {
@@ -849,8 +968,13 @@ pub(crate) fn remove(
 }
 
 pub(crate) fn get(address: usize) -> Option<Entry> {
-    let (shard, h) = locate(address);
-    let slot = shard.live.find(h, |s| s.address == address)?;
+    let (mut shard, h) = locate(address);
+    let (key, h) = if keyed_by_alias(address) {
+        shard.alias(address, false)?
+    } else {
+        (address, h)
+    };
+    let slot = shard.live.find(h, |s| s.is(key))?;
     Some(shard.unpack(slot, h))
 }
 
@@ -865,7 +989,7 @@ pub(crate) fn copy_into(out: &mut Vec<Entry>) {
                 shard
                     .live
                     .iter()
-                    .map(|slot| shard.unpack(slot, address_hash(slot.address))),
+                    .map(|slot| shard.unpack(slot, address_hash(slot.key()))),
             )
         },
     );
@@ -1034,8 +1158,8 @@ pub(crate) fn clear(reset_totals: bool, then: impl FnOnce()) {
         shard.held = 0;
         // Freed under the lock: these go to `System`, never to the tracer.
         drop(live);
-        shard.scoped = HashTable::new_in(MetaAlloc);
-        shard.big = HashTable::new_in(MetaAlloc);
+        shard.side = HashTable::new_in(MetaAlloc);
+        shard.far = HashTable::new_in(MetaAlloc);
     }
     counters::removed(held as usize);
     sample::clear_marks();
@@ -1106,8 +1230,8 @@ mod tests {
     #[test]
     fn behaves_like_a_hash_map() {
         clear(true, || {});
-        // address → (size, stack, scope); sizes of 4 GiB and more and scoped blocks take the
-        // side tables.
+        // address → (size, stack, scope); sizes of 16 MiB and more, stack ids from `SIDE` up,
+        // scoped blocks and addresses above 2^48 or in the first page take the side tables.
         let mut model: HashMap<usize, (usize, StackId, u32)> = HashMap::new();
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let ops = if cfg!(miri) { 500 } else { 200_000 };
@@ -1118,13 +1242,23 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             // Few distinct, 16-aligned addresses, so inserts over live ones and misses happen.
-            let address = 0x10_0000 + ((x >> 20) as usize % 4096) * 16;
-            let size = if x % 97 == 0 {
-                (5usize << 30) + (x >> 50) as usize
-            } else {
-                1 + (x >> 40) as usize % 1000
+            let k = (x >> 20) as usize % 4096;
+            let address = match (x >> 33) % 8 {
+                0 => (1 << 48) + k * 16,
+                1 => usize::MAX - 15 - k * 16,
+                2 => 16 * (1 + k % 255),
+                _ => 0x10_0000 + k * 16,
             };
-            let stack = (x % 50) as StackId;
+            let size = match x % 97 {
+                0 => (5usize << 30) + (x >> 50) as usize,
+                1 | 2 => BIG - 1 + (x >> 60) as usize,
+                _ => 1 + (x >> 40) as usize % 1000,
+            };
+            let stack = match (x >> 5) % 61 {
+                0 => SIDE - 1 + (x >> 62) as StackId,
+                1 => (1 << 30) + (x % 7) as StackId,
+                _ => (x % 50) as StackId,
+            };
             let scope = ((x >> 8) % 3) as u32;
             match x % 4 {
                 0 | 1 => {
@@ -1163,6 +1297,10 @@ mod tests {
         }
         let held_in_shards: u64 = SHARDS_TABLE.iter().map(|s| lock(s).held).sum();
         assert_eq!(held_in_shards, held as u64, "the shards' held bytes");
+        let aliases: usize = SHARDS_TABLE.iter().map(|s| lock(s).far.len()).sum();
+        let aliased = model.keys().filter(|&&a| keyed_by_alias(a)).count();
+        assert!(aliased > 0);
+        assert_eq!(aliases, aliased, "an alias per live block that needs one");
         clear(false, || {});
         assert_eq!(counters::current(), base);
         assert!(get(0x10_0000).is_none());

@@ -183,7 +183,7 @@ impl Shard {
     #[inline(never)]
     fn add(&mut self, addresses: &[usize], hash: u64) -> Option<u32> {
         let local = u32::try_from(self.stacks.len()).ok()?;
-        // Ids stay below 2^31: the trace table keeps a flag in the top bit.
+        // Ids stay below 2^31 (the trace table keeps ids from 2^24 up aside, in a side table).
         if local >= (u32::MAX >> (SHARD_BITS + 1)) {
             return None;
         }
