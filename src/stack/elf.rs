@@ -73,13 +73,16 @@ impl Resolver {
     }
 }
 
-/// A file mapped read-only.
+/// A mapping: a file mapped read-only ([`Mmap::open`]), or anonymous private memory written
+/// with `pread` ([`Mmap::anonymous`]: pages never written take no memory).
 pub(super) struct Mmap {
     ptr: *mut libc::c_void,
     len: usize,
+    writable: bool,
 }
 
-// SAFETY: the mapping is read-only and owned by this value; nothing else unmaps it.
+// SAFETY: the mapping is owned by this value and unmapped once; it is written only through
+// `&mut self`.
 unsafe impl Send for Mmap {}
 
 impl Mmap {
@@ -87,35 +90,59 @@ impl Mmap {
         use std::os::unix::io::AsRawFd;
         let file = std::fs::File::open(path).ok()?;
         let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        Mmap::new(len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd())
+    }
+
+    /// `len` bytes of zeroed, writable memory, reserved without swap.
+    pub(super) fn anonymous(len: usize) -> Option<Mmap> {
+        Mmap::new(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+        )
+    }
+
+    fn new(len: usize, prot: libc::c_int, flags: libc::c_int, fd: libc::c_int) -> Option<Mmap> {
         if len == 0 {
             return None;
         }
-        // SAFETY: a private read-only mapping of an open file, of its length; the descriptor
-        // may be closed afterwards.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        (ptr != libc::MAP_FAILED).then_some(Mmap { ptr, len })
+        // SAFETY: a fresh private mapping (of an open file, of its length, or anonymous); no
+        // existing memory is touched, and the descriptor may be closed afterwards.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+        (ptr != libc::MAP_FAILED).then_some(Mmap {
+            ptr,
+            len,
+            writable: prot & libc::PROT_WRITE != 0,
+        })
     }
 
-    /// The bytes, with a lifetime the caller must not let outlive `self` (see [`Parsed`]).
+    /// Bytes `[at, at + len)` of an anonymous mapping, for writing (`None` for a file's, or out
+    /// of bounds): callers only write before anything borrows [`Mmap::bytes`].
+    pub(super) fn range_mut(&mut self, at: u64, len: u64) -> Option<&mut [u8]> {
+        let end = at.checked_add(len)?;
+        if !self.writable || end > self.len as u64 {
+            return None;
+        }
+        // SAFETY: in bounds of the mapping, which is writable; `&mut self` and the caller's
+        // rule (no live borrow of `bytes`) mean nothing else reads it meanwhile.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut((self.ptr as *mut u8).add(at as usize), len as usize)
+        })
+    }
+
+    /// The bytes, with a lifetime the caller must not let outlive `self` (see [`Parsed`], and
+    /// unitwise.rs's `Units`).
     pub(super) fn bytes(&self) -> &'static [u8] {
         // SAFETY: `ptr` maps `len` readable bytes until `drop`; every `'static` borrow is held
-        // by the `Parsed` that owns this mapping and is dropped before it.
+        // by a value that owns this mapping and is dropped before it.
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
     }
 }
 
 impl Drop for Mmap {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, unmapped once.
+        // SAFETY: the mapping made in `new`, unmapped once.
         unsafe { libc::munmap(self.ptr, self.len) };
     }
 }
@@ -181,24 +208,13 @@ impl Parsed {
                 .containing(svma)
                 .map(|s| demangle(s.name().as_bytes()))
         };
-        let mut out = Vec::new();
-        if let Some(dwarf) = &self.dwarf {
-            if let Ok(mut frames) = dwarf.find_frames(svma).skip_all_loads() {
-                while let Ok(Some(frame)) = frames.next() {
-                    let name = frame
-                        .function
-                        .as_ref()
-                        .and_then(|f| f.raw_name().ok())
-                        .map(|n| demangle(n.as_bytes()))
-                        .or_else(symbol);
-                    let (path, line) = match &frame.location {
-                        Some(l) => (l.file.map(str::to_owned), l.line.unwrap_or(0)),
-                        None => (None, 0),
-                    };
-                    out.push((name, path, line));
-                }
-            }
-        }
+        let name =
+            |f: &addr2line::FunctionName<Slice>| f.raw_name().ok().map(|n| demangle(n.as_bytes()));
+        let mut out = self
+            .dwarf
+            .as_ref()
+            .and_then(|dwarf| dwarf_frames(dwarf, svma, name, symbol))
+            .unwrap_or_default();
         if out.is_empty() {
             if let Some(name) = symbol() {
                 out.push((Some(name), None, 0));
@@ -206,6 +222,28 @@ impl Parsed {
         }
         out
     }
+}
+
+/// The frames addr2line finds at `svma` in `context`, innermost first, each function named by
+/// `name` (from its DWARF entry) or else by `symbol` (the symbol table); `None` when the lookup
+/// fails.
+pub(super) fn dwarf_frames(
+    context: &addr2line::Context<Slice>,
+    svma: u64,
+    name: impl Fn(&addr2line::FunctionName<Slice>) -> Option<String>,
+    symbol: impl Fn() -> Option<String>,
+) -> Option<Vec<RawFrame>> {
+    let mut out = Vec::new();
+    let mut frames = context.find_frames(svma).skip_all_loads().ok()?;
+    while let Ok(Some(frame)) = frames.next() {
+        let function = frame.function.as_ref().and_then(&name).or_else(&symbol);
+        let (path, line) = match &frame.location {
+            Some(l) => (l.file.map(str::to_owned), l.line.unwrap_or(0)),
+            None => (None, 0),
+        };
+        out.push((function, path, line));
+    }
+    Some(out)
 }
 
 /// The DWARF of `file`, `None` when it has none (no `.debug_info`).

@@ -232,7 +232,7 @@ fn current_dir_prefix() -> String {
 }
 
 /// The frames the `backtrace` crate finds at return address `ip`.
-fn by_backtrace(ip: usize) -> Vec<RawFrame> {
+pub(super) fn by_backtrace(ip: usize) -> Vec<RawFrame> {
     let mut frames = Vec::new();
     backtrace::resolve(call_of(ip) as *mut std::ffi::c_void, |symbol| {
         frames.push((

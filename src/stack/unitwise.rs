@@ -23,7 +23,7 @@
 //! does not reach, an address no `.debug_aranges` entry covers, a file that is not the one
 //! loaded.
 
-use super::elf::{demangle, Mmap, RawFrame, Slice};
+use super::elf::{demangle, dwarf_frames, Mmap, RawFrame, Slice};
 use super::objects::Object;
 use addr2line::gimli;
 use object::{Object as _, ObjectSection as _};
@@ -87,66 +87,9 @@ impl Executable {
     }
 }
 
-/// An anonymous private mapping, written with `pread`: pages never written take no memory.
-struct Image {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-// SAFETY: owned by this value, unmapped once, only used under the symbolizer's lock.
-unsafe impl Send for Image {}
-
-impl Image {
-    fn new(len: usize) -> Option<Image> {
-        if len == 0 {
-            return None;
-        }
-        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        (ptr != libc::MAP_FAILED).then_some(Image { ptr, len })
-    }
-
-    /// Bytes `[at, at + len)` of the image, for writing: callers only write before a context
-    /// borrows the image (see [`Source::generation`]).
-    fn range_mut(&mut self, at: u64, len: u64) -> Option<&mut [u8]> {
-        let end = at.checked_add(len)?;
-        if end > self.len as u64 {
-            return None;
-        }
-        // SAFETY: in bounds of the mapping, which is writable; `&mut self` and the caller's
-        // rule (no live context) mean nothing else reads it meanwhile.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut((self.ptr as *mut u8).add(at as usize), len as usize)
-        })
-    }
-
-    /// The whole image, with a lifetime the owner must not let outlive it (see [`Units`]).
-    fn bytes(&self) -> &'static [u8] {
-        // SAFETY: `ptr` maps `len` readable bytes until `drop`; the `'static` borrows are held
-        // by the context that its `Generation` drops before its images.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
-
-/// A section copied into an [`Image`] a page at a time.
+/// A section copied into an anonymous [`Mmap`] a page at a time.
 struct Paged {
-    image: Image,
+    image: Mmap,
     at: Placed,
     /// One bit a page: copied.
     copied: Vec<u64>,
@@ -158,7 +101,7 @@ impl Paged {
     fn new(at: Placed) -> Option<Paged> {
         let pages = at.size.div_ceil(PAGE) as usize;
         Some(Paged {
-            image: Image::new(at.size as usize)?,
+            image: Mmap::anonymous(at.size as usize)?,
             at,
             copied: vec![0; pages.div_ceil(64)],
         })
@@ -231,8 +174,8 @@ struct Placed {
 struct Generation {
     // Fields drop in order: the context borrows the images.
     context: addr2line::Context<Slice>,
-    _info: Image,
-    _line: Option<Image>,
+    _info: Mmap,
+    _line: Option<Mmap>,
     /// `.debug_str` with only the units' own names and directories in it (see
     /// [`Units::frames`]); `None`: the mapped file's.
     str: Option<Paged>,
@@ -424,21 +367,12 @@ impl Units {
                 .containing(svma)
                 .map(|s| demangle(s.name().as_bytes()))
         };
-        let mut out = Vec::new();
-        let mut frames = context.find_frames(svma).skip_all_loads().ok()?;
-        while let Ok(Some(frame)) = frames.next() {
-            let name = frame
-                .function
-                .as_ref()
-                .and_then(|f| self.source.name(generation, f.name.slice()))
+        let name = |f: &addr2line::FunctionName<Slice>| {
+            self.source
+                .name(generation, f.name.slice())
                 .map(|n| demangle(&n))
-                .or_else(symbol);
-            let (path, line) = match &frame.location {
-                Some(l) => (l.file.map(str::to_owned), l.line.unwrap_or(0)),
-                None => (None, 0),
-            };
-            out.push((name, path, line));
-        }
+        };
+        let mut out = dwarf_frames(context, svma, name, symbol)?;
         if out.is_empty() {
             out.push((Some(symbol()?), None, 0));
         }
@@ -463,9 +397,9 @@ impl Source {
 
     /// A generation of `wanted` and the units they refer to, and which units it read.
     fn generation(&self, wanted: &[usize]) -> Result<(Generation, Vec<usize>), ()> {
-        let mut info = Image::new(self.info_at.size as usize).ok_or(())?;
+        let mut info = Mmap::anonymous(self.info_at.size as usize).ok_or(())?;
         let mut line = match self.line_at {
-            Some(at) => Some(Image::new(at.size as usize).ok_or(())?),
+            Some(at) => Some(Mmap::anonymous(at.size as usize).ok_or(())?),
             None => None,
         };
         let mut read = vec![false; self.starts.len()];
@@ -511,8 +445,8 @@ impl Source {
     fn read_unit(
         &self,
         unit: usize,
-        info: &mut Image,
-        line: Option<&mut Image>,
+        info: &mut Mmap,
+        line: Option<&mut Mmap>,
         roots: &mut RootStrings,
     ) -> Result<Vec<u64>, ()> {
         let start = self.starts[unit];
@@ -589,7 +523,7 @@ impl Source {
     }
 
     /// Copies the line program at `offset` of `.debug_line` into `line`; returns its version.
-    fn read_line_program(&self, offset: u64, line: &mut Image) -> Result<u16, ()> {
+    fn read_line_program(&self, offset: u64, line: &mut Mmap) -> Result<u16, ()> {
         let at = self.line_at.ok_or(())?;
         let length = initial_length(&self.file, at, offset).ok_or(())?;
         let bytes = line.range_mut(offset, length).ok_or(())?;
@@ -622,7 +556,7 @@ impl Source {
 
     /// Writes a placeholder unit (a version 4 header whose abbreviations cannot be read) at the
     /// start of every run of units not `read`, spanning the run.
-    fn cover_gaps(&self, read: &[bool], info: &mut Image) -> Result<(), ()> {
+    fn cover_gaps(&self, read: &[bool], info: &mut Mmap) -> Result<(), ()> {
         // Its abbreviations are at the end of `.debug_abbrev`, where there are none, and
         // its root entry names abbreviation 1: the unit fails at once. (A null root entry
         // would make gimli read the whole run, a null entry a byte, looking for one.)
@@ -654,12 +588,12 @@ impl Source {
 
     fn context(
         &self,
-        info: &Image,
-        line: Option<&Image>,
+        info: &Mmap,
+        line: Option<&Mmap>,
         str: Option<&Paged>,
     ) -> Option<addr2line::Context<Slice>> {
         let info = info.bytes();
-        let line = line.map_or(&[][..], Image::bytes);
+        let line = line.map_or(&[][..], Mmap::bytes);
         let dwarf = gimli::Dwarf::load(|id| -> Result<Slice, ()> {
             let data = match (id, str) {
                 (gimli::SectionId::DebugInfo, _) => info,
@@ -834,6 +768,7 @@ fn arange_ranges(aranges: &'static [u8], starts: &[u64]) -> Option<Vec<(u64, u64
 
 #[cfg(test)]
 mod tests {
+    use super::super::symbolize::by_backtrace;
     use super::*;
     use object::ObjectSymbol as _;
 
@@ -847,30 +782,20 @@ mod tests {
         std::hint::black_box(vec![2; 3])
     }
 
-    fn main_object() -> (super::super::objects::Objects, u64) {
+    /// The loaded objects and the id of the test binary's; `None` (the test has nothing to
+    /// check) when the test binary is not the executable.
+    fn test_binary() -> Option<(super::super::objects::Objects, u64)> {
         let mut objects = super::super::objects::Objects::default();
         objects.refresh();
-        let id = objects
+        let object = objects
             .find(marker_one as *const () as usize)
-            .expect("the test binary is loaded")
-            .id;
-        (objects, id)
-    }
-
-    /// The frames the `backtrace` crate gives at `address`.
-    fn by_backtrace(address: usize) -> Vec<RawFrame> {
-        let mut frames = Vec::new();
-        backtrace::resolve(address as *mut std::ffi::c_void, |symbol| {
-            frames.push((
-                symbol.name().map(|n| format!("{n:#}")),
-                symbol
-                    .filename()
-                    .and_then(|p| p.to_str())
-                    .map(str::to_owned),
-                symbol.lineno().unwrap_or(0),
-            ));
-        });
-        frames
+            .expect("the test binary is loaded");
+        if !object.main {
+            eprintln!("the test binary is not the executable: nothing to check");
+            return None;
+        }
+        let id = object.id;
+        Some((objects, id))
     }
 
     /// Return addresses of this thread's stack, minus one (the call instructions).
@@ -885,12 +810,10 @@ mod tests {
 
     #[test]
     fn reads_few_units_and_agrees_with_the_backtrace_crate() {
-        let (objects, id) = main_object();
-        let object = objects.by_id(id).unwrap();
-        if !object.main {
-            eprintln!("the test binary is not the executable: nothing to check");
+        let Some((objects, id)) = test_binary() else {
             return;
-        }
+        };
+        let object = objects.by_id(id).unwrap();
         let mut addresses = calls_here();
         addresses.push(marker_one as *const () as usize);
         addresses.push(marker_two as *const () as usize);
@@ -918,8 +841,9 @@ mod tests {
             let Some(frames) = exe.frames(svma) else {
                 continue;
             };
-            // The crate looks up one byte before the address it is given (a return address).
-            assert_eq!(frames, by_backtrace(address + 1), "at {address:#x}");
+            // The symbolizer's lookup through the crate takes a return address: it looks one
+            // byte before it, and the crate one more.
+            assert_eq!(frames, by_backtrace(address + 2), "at {address:#x}");
             resolved += 1;
         }
         assert!(resolved >= 4, "{resolved} of {} resolved", addresses.len());
@@ -933,11 +857,10 @@ mod tests {
 
     #[test]
     fn an_address_without_dwarf_is_named_from_the_symbol_table() {
-        let (objects, id) = main_object();
-        let object = objects.by_id(id).unwrap();
-        if !object.main {
+        let Some((objects, id)) = test_binary() else {
             return;
-        }
+        };
+        let object = objects.by_id(id).unwrap();
         // The C `main` rustc emits has no DWARF: no `.debug_aranges` entry covers it.
         let map = Mmap::open(EXE.as_ref()).unwrap();
         let elf = object::File::parse(map.bytes()).unwrap();
@@ -957,20 +880,20 @@ mod tests {
             Some(vec![(Some("main".to_owned()), None, 0)])
         );
         assert_eq!(
-            by_backtrace((main + 2) as usize + object.bias),
+            by_backtrace((main + 3) as usize + object.bias),
             vec![(Some("main".to_owned()), None, 0)]
         );
     }
 
     #[test]
     fn units_with_code_are_told_from_units_of_types() {
-        let (objects, id) = main_object();
-        if !objects.by_id(id).unwrap().main {
+        let Some((objects, id)) = test_binary() else {
             return;
-        }
+        };
+        let object = objects.by_id(id).unwrap();
         let mut exe = Executable::default();
-        let svma = (marker_one as *const () as usize).wrapping_sub(objects.by_id(id).unwrap().bias);
-        assert!(exe.prepare(objects.by_id(id).unwrap(), &[svma as u64]));
+        let svma = (marker_one as *const () as usize).wrapping_sub(object.bias);
+        assert!(exe.prepare(object, &[svma as u64]));
         let units = exe.state.as_ref().unwrap().as_ref().unwrap();
         let code = |u: usize| units.source.may_hold_code(u);
         // Every unit `.debug_aranges` lists holds code, and reads so.
@@ -989,11 +912,10 @@ mod tests {
 
     #[test]
     fn many_batches_merge_into_one_generation() {
-        let (objects, id) = main_object();
-        let object = objects.by_id(id).unwrap();
-        if !object.main {
+        let Some((objects, id)) = test_binary() else {
             return;
-        }
+        };
+        let object = objects.by_id(id).unwrap();
         let mut exe = Executable::default();
         assert!(exe.prepare(object, &[]));
         // The first address of each of a dozen units, one batch each.
@@ -1022,7 +944,7 @@ mod tests {
             let address = svma as usize + object.bias;
             assert_eq!(
                 exe.frames(svma),
-                Some(by_backtrace(address + 1)),
+                Some(by_backtrace(address + 2)),
                 "{address:#x}"
             );
         }
@@ -1031,11 +953,10 @@ mod tests {
     #[test]
     fn names_files_and_lines_agree_with_the_backtrace_crate_across_the_binary() {
         // Functions the symbol table names, sampled across the binary, in one batch.
-        let (objects, id) = main_object();
-        let object = objects.by_id(id).unwrap();
-        if !object.main {
+        let Some((objects, id)) = test_binary() else {
             return;
-        }
+        };
+        let object = objects.by_id(id).unwrap();
         let map = Mmap::open(EXE.as_ref()).unwrap();
         let elf = object::File::parse(map.bytes()).unwrap();
         let functions: Vec<u64> = elf
@@ -1056,7 +977,7 @@ mod tests {
         for &svma in &svmas {
             let address = svma as usize + object.bias;
             let ours = exe.frames(svma).unwrap_or_default();
-            assert_eq!(ours, by_backtrace(address + 1), "at {address:#x}");
+            assert_eq!(ours, by_backtrace(address + 2), "at {address:#x}");
             named += ours.iter().filter(|f| f.0.is_some()).count();
             lined += ours.iter().filter(|f| f.2 != 0).count();
         }
@@ -1065,11 +986,10 @@ mod tests {
 
     #[test]
     fn a_later_batch_adds_its_units_and_keeps_the_earlier_ones() {
-        let (objects, id) = main_object();
-        let object = objects.by_id(id).unwrap();
-        if !object.main {
+        let Some((objects, id)) = test_binary() else {
             return;
-        }
+        };
+        let object = objects.by_id(id).unwrap();
         let svma = |f: usize| f.wrapping_sub(object.bias) as u64;
         let ours = svma(marker_one as *const () as usize);
         let mut exe = Executable::default();
@@ -1091,7 +1011,7 @@ mod tests {
         let name = |s| exe.frames(s).unwrap()[0].0.clone().unwrap();
         assert!(name(ours).ends_with("marker_one"), "{}", name(ours));
         let address = theirs as usize + object.bias;
-        assert_eq!(exe.frames(theirs), Some(by_backtrace(address + 1)));
+        assert_eq!(exe.frames(theirs), Some(by_backtrace(address + 2)));
     }
 }
 
