@@ -113,6 +113,10 @@ struct ScopeData {
     peak: usize,
     allocated: u64,
     allocations: u64,
+    /// Of `allocations`, the blocks an all-threads measurement inside this scope (or this
+    /// scope itself, when it is one) took from threads in no scope of their own: counted in
+    /// the table's unscoped total too, so not left-out work for this scope.
+    routed: u64,
     /// `current` is a new maximum not yet followed by a decrease: the peak is *now*.
     rising: bool,
     commits: u64,
@@ -135,6 +139,7 @@ impl ScopeData {
             peak: 0,
             allocated: 0,
             allocations: 0,
+            routed: 0,
             rising: false,
             commits: 0,
             sites: HashMap::with_hasher_in(FxBuildHasher, MetaAlloc),
@@ -263,8 +268,13 @@ pub(crate) fn scoped_allocations() -> u64 {
 pub(crate) fn allocated(id: u32, stack: StackId, size: usize, own: bool) {
     if own {
         SCOPED_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        walk(id, |d| d.add(stack, size, true));
+    } else {
+        walk(id, |d| {
+            d.add(stack, size, true);
+            d.routed += 1;
+        });
     }
-    walk(id, |d| d.add(stack, size, true));
 }
 
 /// A block's record was put back after a failed `realloc`: live again, not a new allocation.
@@ -298,15 +308,27 @@ pub(crate) fn open_watching(parent: u32, watch: bool) -> Option<u32> {
     Some(id)
 }
 
-/// A block of `size` bytes was allocated outside every scope while some scope watches: each
-/// open watching scope keeps its stack (and counts it when it keeps too many stacks already).
-pub(crate) fn observed(stack: StackId, size: usize) {
+/// The scopes a routed block counts in: an all-threads measurement's and those around it, at
+/// most this many (a deeper nesting would see the block as left-out work too).
+const ROUTED_DEPTH: usize = 16;
+
+/// A block of `size` bytes was allocated outside every scope of its own thread while some
+/// scope watches: each open watching scope keeps its stack, except those it counts in already
+/// (`routed`: the all-threads measurement it went to, 0 = none, and the scopes around that).
+pub(crate) fn observed(stack: StackId, size: usize, routed: u32) {
     let Some(mut registry) = REGISTRY.lock_unless_mine() else {
         SKIPPED.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    for data in registry.values_mut() {
-        if !data.watching || data.ended {
+    let mut counted = [0u32; ROUTED_DEPTH];
+    let (mut id, mut n) = (routed, 0);
+    while id != 0 && n < ROUTED_DEPTH {
+        counted[n] = id;
+        n += 1;
+        id = registry.get(&id).map_or(0, |d| d.parent);
+    }
+    for (id, data) in registry.iter_mut() {
+        if !data.watching || data.ended || counted[..n].contains(id) {
             continue;
         }
         if data.others.len() >= MAX_OTHERS && !data.others.contains_key(&stack) {
@@ -327,6 +349,8 @@ pub(crate) struct Figures {
     pub(crate) peak: usize,
     pub(crate) allocated: u64,
     pub(crate) allocations: u64,
+    /// See `ScopeData::routed`.
+    pub(crate) routed: u64,
     pub(crate) retained: usize,
     /// (stack, bytes, blocks) live at the peak.
     pub(crate) at_peak: Vec<(StackId, usize, usize)>,
@@ -365,6 +389,7 @@ pub(crate) fn figures(id: u32) -> Option<Figures> {
             peak: data.peak,
             allocated: data.allocated,
             allocations: data.allocations,
+            routed: data.routed,
             retained: data.current,
             lost: data.lost,
             others: std::mem::take(&mut others),

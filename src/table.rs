@@ -806,10 +806,15 @@ pub(crate) fn insert(
             None
         }
         hashbrown::hash_table::Entry::Vacant(_) => {
-            // Side parts (blocks of 16 MiB or more, stacks past the 8,388,606th, blocks made
-            // inside a measurement scope): `pack` needs the whole shard, so the bucket is
+            // A record aside (blocks of 16 MiB or more, stacks past the 16,777,214th, blocks
+            // made inside a measurement scope): `pack` needs the whole shard, so the bucket is
             // looked up again.
-            let slot = shard.pack(key, size, stack, scope, h)?;
+            let Ok(slot) = shard.pack(key, size, stack, scope, h) else {
+                if keyed_by_alias(address) {
+                    shard.forget_alias(address);
+                }
+                return Err(());
+            };
             shard.live.insert_unique(h, slot, rehash);
             None
         }
@@ -876,6 +881,9 @@ pub(crate) fn restore(entry: Entry) -> bool {
         (entry.address, h)
     };
     let Ok(slot) = shard.pack(key, entry.size, entry.stack, entry.scope, h) else {
+        if keyed_by_alias(entry.address) {
+            shard.forget_alias(entry.address);
+        }
         return false;
     };
     shard.live.insert_unique(h, slot, rehash);
@@ -951,7 +959,7 @@ pub(crate) fn remove(
             scope: 0,
         }
     };
-    if key != address {
+    if keyed_by_alias(address) {
         shard.forget_alias(address);
     }
     let weight = sample::weight(entry.size);

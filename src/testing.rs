@@ -607,6 +607,7 @@ impl Open {
             return Err(Error::MeasurementDisturbed);
         }
         let mut figures = scope::figures(self.id).unwrap_or_default();
+        let routed = figures.routed;
         // Updates a signal handler had to skip (any scope's: they cannot be told apart).
         figures.lost += scope::skipped_updates() - self.skipped_before;
         let mut m = Measurement::from_figures(figures);
@@ -618,16 +619,20 @@ impl Open {
             .iter()
             .map(|&(_, allocations, _)| allocations)
             .sum();
+        // Blocks an all-threads measurement inside this one took are in the unscoped total
+        // and in this scope's figures: not left out.
         m.others_unscoped = unscoped_allocations(Reading::Closing)
             .saturating_sub(self.unscoped_before)
+            .saturating_sub(routed)
             .max(seen);
         Ok(m)
     }
 }
 
 /// When [`unscoped_allocations`] is read: the order of its two reads makes a block another
-/// thread allocates in a scope meanwhile err towards more unscoped blocks in the measurement,
-/// never fewer.
+/// thread allocates in a scope during the reads err towards more unscoped blocks in the
+/// measurement (one whose two counts straddle the opening reads can still make it one fewer:
+/// the blocks seen are a floor).
 #[derive(Clone, Copy)]
 enum Reading {
     Opening,

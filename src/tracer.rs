@@ -474,8 +474,9 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
                 // A measurement is open: it keeps the stacks of work done outside every scope
                 // (a pool it did not carry its scope to; see `Measurement::escaped_work`), also
                 // while an all-threads measurement on another thread counts that work in its
-                // own figures.
-                scope::observed(stack, size);
+                // own figures (not the scopes the block counts in: that one and those around
+                // it).
+                scope::observed(stack, size, scope);
             }
             true
         }

@@ -360,6 +360,41 @@ fn a_measurement_beside_an_all_threads_measurement_still_sees_the_work_it_left_o
     );
 }
 
+/// Like `work`, on a line no other test here calls.
+#[inline(never)]
+fn nested_work(n: u64) -> (Vec<u64>, u32) {
+    ((0..n).collect(), line!())
+}
+
+#[test]
+fn an_all_threads_measurement_inside_a_measurement_is_not_work_it_left_out() {
+    use rayon::prelude::*;
+    let items: Vec<u64> = (1..=64).collect();
+    let _ = items.par_iter().map(|&x| x + 1).sum::<u64>();
+    let line = nested_work(0).1;
+    let (inner, outer) = tracealloc::measure(|| {
+        tracealloc::measure_all_threads(|| {
+            items
+                .par_iter()
+                .map(|&x| nested_work(x).0)
+                .collect::<Vec<_>>()
+        })
+        .1
+    });
+    let at_line = |m: &Measurement| {
+        m.top_allocating()
+            .iter()
+            .filter(|s| s.traceback.call_site().lineno == line)
+            .map(|s| s.blocks)
+            .sum::<usize>()
+    };
+    assert_eq!(at_line(&inner), items.len(), "{inner}");
+    // The pool's blocks count in the measurement around it too, and are not work it left out.
+    assert_eq!(at_line(&outer), items.len(), "{outer}");
+    assert!(outer.escaped_work().is_empty(), "{outer}");
+    outer.assert_peak_below("1 GiB");
+}
+
 /// The lengths of `work(x)` for each item, computed in the pool: the result's `Vec` is made on
 /// the calling thread, each item's `Vec` on a worker.
 #[inline(never)]
