@@ -150,6 +150,23 @@ fn table(c: &mut Criterion) {
         after as f64 / (1 << 20) as f64,
         before as f64 / (1 << 20) as f64,
     );
+    // The same figure across live-set sizes: the tables' slack depends on where each shard's
+    // table is between two doublings.
+    let mut sweep = String::new();
+    for n in [
+        250_000, 400_000, 600_000, 800_000, 1_200_000, 1_600_000, 2_400_000, 3_200_000,
+    ] {
+        let before = tracealloc::tracer_memory();
+        let held = hold(n);
+        let at_peak = tracealloc::tracer_memory();
+        drop(held);
+        sweep += &format!(
+            " {}k: {:.1};",
+            n / 1000,
+            (at_peak - before) as f64 / n as f64
+        );
+    }
+    eprintln!("B per live block at other sizes:{sweep}");
     group.bench_function("1M-blocks/fill-and-free", |b| {
         b.iter(|| drop(std::hint::black_box(hold(1_000_000))))
     });
