@@ -160,8 +160,9 @@ impl<A> Tracer<A> {
         &self.inner
     }
 
-    /// The out-of-line part of `alloc`: reached only while tracing (or before the first
-    /// allocation), and called in tail position so the untraced path saves no registers.
+    /// The out-of-line part of `alloc` before the process's first allocation (which applies
+    /// this tracer's settings); later ones go to [`record_new`].
+    #[cold]
     #[inline(never)]
     fn traced(&self, ptr: *mut u8, size: usize) -> *mut u8 {
         self.record_if_tracing(ptr, size, 0);
@@ -192,14 +193,14 @@ impl<A> Tracer<A> {
     where
         A: GlobalAlloc,
     {
-        if !forget_freed(ptr as usize) {
+        let Some(frees_waiting) = forget_freed(ptr as usize) else {
             // A signal handler freeing while its thread holds the lock: later.
             defer(ptr, layout);
             return;
-        }
+        };
         // SAFETY: the caller guarantees `ptr` was allocated by this allocator with `layout`.
         unsafe { self.inner.dealloc(ptr, layout) };
-        if deferred::any() {
+        if frees_waiting {
             self.complete_deferred();
         }
     }
@@ -212,7 +213,7 @@ impl<A> Tracer<A> {
         A: GlobalAlloc,
     {
         while let Some(p) = deferred::pop() {
-            if !forget_freed(p.ptr) {
+            if forget_freed(p.ptr).is_none() {
                 // Still inside the interrupted code (a handler freeing again): next time.
                 let _ = deferred::push(p);
                 return;
@@ -273,8 +274,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
             if status == SAMPLED && !crate::sample::due(layout.size()) {
                 return ptr;
             }
+            if status == UNINIT {
+                return self.traced(ptr, layout.size());
+            }
             // In tail position: no frame of its own in the captured stack.
-            return self.traced(ptr, layout.size());
+            return record_new(ptr, layout.size());
         }
         ptr
     }
@@ -288,7 +292,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracer<A> {
             if status == SAMPLED && !crate::sample::due(layout.size()) {
                 return ptr;
             }
-            return self.traced(ptr, layout.size());
+            if status == UNINIT {
+                return self.traced(ptr, layout.size());
+            }
+            return record_new(ptr, layout.size());
         }
         ptr
     }
@@ -487,7 +494,7 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
     }
 }
 
-/// Forgets a block about to be freed; false, forgetting nothing, when this thread holds a lock
+/// Forgets a block about to be freed; `None`, forgetting nothing, when this thread holds a lock
 /// it needs (a signal handler).
 ///
 /// Not generic and not inlined, like [`record`] (and `forget` for `realloc`): the callers are
@@ -495,9 +502,25 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
 /// `#[global_allocator]` with that crate's optimization level, which is 0 in a debug build
 /// whatever the profile says for tracealloc: inlined there, it made a debug build's traced
 /// pair 4× as slow (benches/README.md, "Debug builds").
+///
+/// `Some(waiting)` once forgotten, `waiting` telling whether frees a signal handler queued are
+/// waiting (read here rather than in the caller, for the same reason: one call fewer a free
+/// in an unoptimized caller).
 #[inline(never)]
-fn forget_freed(address: usize) -> bool {
-    forget(address, true).is_ok()
+fn forget_freed(address: usize) -> Option<bool> {
+    match forget(address, true) {
+        Ok(_) => Some(deferred::any()),
+        Err(table::Busy) => None,
+    }
+}
+
+/// The out-of-line part of `alloc` while tracing: records the block and returns it (called in
+/// tail position, so the untraced path saves no registers). Not generic, for the reason
+/// [`forget_freed`] is not: the generic caller would reload the status in unoptimized code.
+#[inline(never)]
+fn record_new(ptr: *mut u8, size: usize) -> *mut u8 {
+    record(ptr as usize, size, 0);
+    ptr
 }
 
 /// [`forget`] for `realloc`, out of line for the reason [`forget_freed`] is.
