@@ -176,20 +176,24 @@ fn is_c_runtime(function: &str, path: Option<&str>) -> bool {
     }
     match path {
         // A symbol table names an address by any of its aliases: glibc's `clone3` is also
-        // `__clone3` and the internal `__GI___clone3`.
-        None => matches!(
-            function.strip_prefix("__GI_").unwrap_or(function),
-            "main"
-                | "__libc_start_call_main"
-                | "__libc_start_main"
-                | "__libc_start_main_impl"
-                | "_start"
-                | "start_thread"
-                | "clone"
-                | "__clone"
-                | "clone3"
-                | "__clone3"
-        ),
+        // `__clone3` and the internal `__GI___clone3`; a dynamic symbol may carry its version
+        // (`__libc_start_main@GLIBC_2.2.5`).
+        None => {
+            let name = function.split('@').next().unwrap_or(function);
+            matches!(
+                name.strip_prefix("__GI_").unwrap_or(name),
+                "main"
+                    | "__libc_start_call_main"
+                    | "__libc_start_main"
+                    | "__libc_start_main_impl"
+                    | "_start"
+                    | "start_thread"
+                    | "clone"
+                    | "__clone"
+                    | "clone3"
+                    | "__clone3"
+            )
+        }
         Some(path) => path.starts_with("./") || path.starts_with("../"),
     }
 }

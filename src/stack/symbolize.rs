@@ -453,6 +453,11 @@ mod tests {
         assert_eq!(classify("__GI___clone3", None), Kind::Runtime);
         assert_eq!(classify("__clone3", None), Kind::Runtime);
         assert_eq!(
+            classify("__libc_start_main@GLIBC_2.2.5", None),
+            Kind::Runtime
+        );
+        assert_eq!(classify("clone3@@GLIBC_2.34", None), Kind::Runtime);
+        assert_eq!(
             classify("dl_iterate_phdr", Some("./elf/dl-iteratephdr.c")),
             Kind::Runtime
         );
