@@ -395,9 +395,12 @@ impl Stacks {
 
     /// The frames of stack `i` in `range` of its frames, as a slice made once.
     fn window(&self, i: u32, machinery: bool) -> &[Frame] {
-        let windows = self
-            .windows
-            .get_or_init(|| (0..self.stacks.len()).map(|_| Window::default()).collect());
+        // Made on first use and kept with the snapshot: its memory, not the program's, so not
+        // traced (the caller's line would own it, as a block that a later snapshot shows).
+        let windows = self.windows.get_or_init(|| {
+            let _quiet = crate::guard::Guard::enter();
+            (0..self.stacks.len()).map(|_| Window::default()).collect()
+        });
         let window = &windows[i as usize];
         let (cell, range) = {
             let stack = &self.stacks[i as usize];
@@ -409,6 +412,7 @@ impl Stacks {
             }
         };
         cell.get_or_init(|| {
+            let _quiet = crate::guard::Guard::enter();
             let stack = &self.stacks[i as usize];
             self.all(stack).sub(range).to_vec().into_boxed_slice()
         })
