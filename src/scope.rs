@@ -40,15 +40,6 @@ static WATCHERS: AtomicU32 = AtomicU32::new(0);
 /// Distinct stacks a scope keeps of other threads' unscoped allocations; more are counted only.
 const MAX_OTHERS: usize = 4096;
 
-/// The current thread's scope id (0 = none): its own, or the all-threads measurement's.
-#[inline]
-pub(crate) fn current_id() -> u32 {
-    match CURRENT.try_with(Cell::get).unwrap_or(0) {
-        0 => ALL_THREADS.load(Ordering::Relaxed),
-        id => id,
-    }
-}
-
 /// The current thread's own scope (0 = none), not counting an all-threads measurement: the
 /// parent of a measurement it opens. (Under an all-threads measurement, a measurement on another
 /// thread keeps its own figures and must not end with it.)

@@ -21,9 +21,12 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// The scope the current thread is measuring into, if any.
+    /// The scope the current thread is measuring into, if any: one it entered or runs in, or
+    /// of a measurement it opened. Not an all-threads measurement that another thread opened:
+    /// this thread's blocks are counted in that one without it, and carried into other work
+    /// that scope would hide them from the measurements beside it, whose left-out work they are.
     pub fn current() -> Option<Scope> {
-        match scope::current_id() {
+        match scope::own_id() {
             0 => None,
             id => Some(Scope { id }),
         }

@@ -450,7 +450,7 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
     let (n, hash) = capture::capture_hashed(&mut buf[..cap]);
     // SAFETY: `capture` initialized the first `n` slots.
     let addresses = unsafe { &*(&buf[..n] as *const [MaybeUninit<usize>] as *const [usize]) };
-    // The thread's own scope, else an all-threads measurement's (see `scope::current_id`).
+    // The thread's own scope, else an all-threads measurement's (see `scope::all_threads_id`).
     let own = scope::own_id();
     let scope = if own != 0 {
         own

@@ -360,6 +360,65 @@ fn a_measurement_beside_an_all_threads_measurement_still_sees_the_work_it_left_o
     );
 }
 
+/// Like `beside_work`, on a line no other test here calls.
+#[inline(never)]
+fn carried_work(n: usize) -> (Vec<Vec<u8>>, u32) {
+    let line = line!() + 1;
+    let blocks = (0..n).map(|i| black_box(vec![3u8; 200 + i])).collect();
+    (blocks, line)
+}
+
+#[test]
+fn a_thread_beside_an_all_threads_measurement_has_no_scope_to_carry() {
+    use std::sync::Barrier;
+    let line = carried_work(0).1;
+    let at_line = |sites: &[tracealloc::SiteUsage]| {
+        sites
+            .iter()
+            .filter(|s| s.traceback.call_site().lineno == line)
+            .map(|s| s.blocks)
+            .sum::<usize>()
+    };
+    let (opened, done) = (Barrier::new(2), Barrier::new(2));
+    let (everyone, (carried, mine)) = std::thread::scope(|s| {
+        let everyone = s.spawn(|| {
+            tracealloc::measure_all_threads(|| {
+                opened.wait();
+                done.wait();
+            })
+            .1
+        });
+        opened.wait();
+        // Pool-like code that carries whatever scope its thread is in into the work: on a
+        // thread in no scope of its own there is none, the all-threads measurement's included.
+        let ((carried, _), mine) = tracealloc::measure(|| {
+            std::thread::spawn(|| {
+                let scope = tracealloc::Scope::current();
+                let work = || carried_work(5).0;
+                (scope.is_some(), scope.map_or_else(work, |s| s.run(work)))
+            })
+            .join()
+            .unwrap()
+        });
+        done.wait();
+        (everyone.join().unwrap(), (carried, mine))
+    });
+    assert_eq!(
+        at_line(everyone.top_allocating()),
+        6,
+        "the thread's blocks are the all-threads measurement's:\n{everyone}"
+    );
+    assert_eq!(at_line(&mine.escaped_work()), 6, "{mine}");
+    assert!(
+        std::panic::catch_unwind(|| mine.assert_allocations_at_most(100)).is_err(),
+        "{mine}"
+    );
+    assert!(
+        !carried,
+        "Scope::current() on an unscoped thread was the all-threads scope"
+    );
+}
+
 /// Like `work`, on a line no other test here calls.
 #[inline(never)]
 fn nested_work(n: u64) -> (Vec<u64>, u32) {
