@@ -242,10 +242,9 @@ struct Shard {
     held: u64,
 }
 
-/// A shard's live table is given back once it holds fewer records than 1/`SHRINK_BELOW` of its
-/// buckets, and only from `SHRINK_FLOOR` buckets up (small tables are not worth the rehash).
-/// Buckets, not `capacity()`: a removal often leaves a tombstone, which takes from the
-/// capacity what it gives to nothing.
+/// A shard's live table (and its table of records aside) is given back once it holds fewer
+/// records than 1/`SHRINK_BELOW` of its buckets, and only from `SHRINK_FLOOR` buckets up (small
+/// tables are not worth the rehash; see [`mostly_empty`]).
 const SHRINK_BELOW: usize = 16;
 const SHRINK_FLOOR: usize = 1 << 9;
 
@@ -258,29 +257,19 @@ impl Shard {
     /// records is paid for by the more than `10 n` removals since the table last held 7/8.
     #[inline(always)]
     fn maybe_shrink(&mut self) {
-        let buckets = self.live.num_buckets();
-        if buckets >= SHRINK_FLOOR && self.live.len() < buckets / SHRINK_BELOW {
-            self.shrink_live();
+        if mostly_empty(&self.live) {
+            shrink(&mut self.live, rehash);
         }
     }
 
-    /// Moves the live records to a table sized for twice their number; keeps the old one
-    /// when the new one cannot be had (no memory, or this thread is inside `System`).
-    #[cold]
-    #[inline(never)]
-    fn shrink_live(&mut self) {
-        let mut smaller = HashTable::new_in(MetaAlloc);
-        if smaller.try_reserve(self.live.len() * 2, rehash).is_err() {
-            return;
+    /// [`Shard::maybe_shrink`] for the records aside, after one of them is removed: the table
+    /// of a measurement's blocks (or of blocks of 16 MiB and more) gives its memory back once
+    /// they are freed, on the same terms.
+    #[inline(always)]
+    fn maybe_shrink_side(&mut self) {
+        if mostly_empty(&self.side) {
+            shrink(&mut self.side, |e| address_hash(e.address));
         }
-        if smaller.num_buckets() >= self.live.num_buckets() {
-            return;
-        }
-        for slot in self.live.drain() {
-            smaller.insert_unique(rehash(&slot), slot, rehash);
-        }
-        // The old table's memory goes back to `System` here, under the lock (never to us).
-        self.live = smaller;
     }
 
     const fn new() -> Self {
@@ -324,6 +313,10 @@ impl Shard {
         scope: u32,
         h: u64,
     ) -> Result<Slot, ()> {
+        #[cfg(test)]
+        if tests::REFUSE_ASIDE.load(Relaxed) {
+            return Err(());
+        }
         self.side
             .try_reserve(1, |e| address_hash(e.address))
             .map_err(|_| ())?;
@@ -713,6 +706,34 @@ pub(crate) fn set_detail(peak: bool) -> bool {
     kept
 }
 
+/// Whether `table` holds fewer records than 1/[`SHRINK_BELOW`] of its buckets, from
+/// [`SHRINK_FLOOR`] buckets up. Buckets, not `capacity()`: a removal often leaves a tombstone,
+/// which takes from the capacity what it gives to nothing.
+#[inline(always)]
+fn mostly_empty<T>(table: &HashTable<T, MetaAlloc>) -> bool {
+    let buckets = table.num_buckets();
+    buckets >= SHRINK_FLOOR && table.len() < buckets / SHRINK_BELOW
+}
+
+/// Moves the records of `table` to a table sized for twice their number; keeps the old one
+/// when the new one cannot be had (no memory, or this thread is inside `System`).
+#[cold]
+#[inline(never)]
+fn shrink<T>(table: &mut HashTable<T, MetaAlloc>, hash: impl Fn(&T) -> u64) {
+    let mut smaller = HashTable::new_in(MetaAlloc);
+    if smaller.try_reserve(table.len() * 2, &hash).is_err() {
+        return;
+    }
+    if smaller.num_buckets() >= table.num_buckets() {
+        return;
+    }
+    for record in table.drain() {
+        smaller.insert_unique(hash(&record), record, &hash);
+    }
+    // The old table's memory goes back to `System` here, under the lock (never to us).
+    *table = smaller;
+}
+
 #[inline]
 fn stack_hash(stack: StackId) -> u64 {
     (stack as u64)
@@ -800,9 +821,10 @@ fn rehash(s: &Slot) -> u64 {
     address_hash(s.key())
 }
 
-/// Records a live block. Returns `Err(())`, recording nothing, when the table could not grow
-/// or this thread holds the shard's lock already (a signal handler); `Ok(Some(stale))` when it
-/// replaced a record whose free was never seen.
+/// Records a live block. Returns `Ok(Some(stale))` when it replaced a record whose free was
+/// never seen; `Err`, recording nothing, when the table could not grow or this thread holds the
+/// shard's lock already (a signal handler), with such a stale record when it was removed all
+/// the same (its scope must still hear of its end).
 ///
 /// The block's weight, and whether it is marked as possibly recorded for sampling's frees, are
 /// decided here under the shard lock, with the sampling mean in force: a switch of the mean
@@ -816,16 +838,16 @@ pub(crate) fn insert(
     scope: u32,
     credit: usize,
     totals: Option<ledger::Counting>,
-) -> Result<Option<Entry>, ()> {
-    let (mut shard, h) = locate_unless_mine(address).map_err(|_| ())?;
+) -> Result<Option<Entry>, Option<Entry>> {
+    let (mut shard, h) = locate_unless_mine(address).map_err(|_| None)?;
     let shard = &mut *shard;
     // Room first (a no-op unless the table is full), so that one probe both looks for a stale
     // record and finds the free bucket, and growth failure is an error rather than an abort.
     if shard.live.try_reserve(1, rehash).is_err() {
-        return Err(());
+        return Err(None);
     }
     let (key, h) = if keyed_by_alias(address) {
-        shard.alias(address, true).ok_or(())?
+        shard.alias(address, true).ok_or(None)?
     } else {
         (address, h)
     };
@@ -844,7 +866,7 @@ pub(crate) fn insert(
                 if keyed_by_alias(address) {
                     shard.forget_alias(address);
                 }
-                return Err(());
+                return Err(None);
             };
             shard.live.insert_unique(h, slot, rehash);
             None
@@ -883,7 +905,7 @@ pub(crate) fn insert(
         if sample::mean() != 0 {
             sample::unmark(address);
         }
-        return Err(());
+        return Err(Some(old));
     };
     if let Some(s) = shard.live.find_mut(h, |s| s.is(key)) {
         *s = slot;
@@ -981,7 +1003,9 @@ pub(crate) fn remove(
     }
     let (slot, _) = found.remove();
     let entry = if slot.in_side() {
-        shard.unpack_and_forget(&slot, h)
+        let entry = shard.unpack_and_forget(&slot, h);
+        shard.maybe_shrink_side();
+        entry
     } else {
         Entry {
             address,
@@ -1384,5 +1408,21 @@ mod tests {
         assert_eq!(allocated, 100, "counted once, after the reset");
         clear(true, || {});
         assert_eq!(counters::current(), base);
+
+        // A stale record replaced by a block whose record aside cannot be stored: nothing is
+        // recorded, and the stale record comes back with the refusal (its scope's books).
+        insert(0x30_0000, 64, 7, 3, 0, None).expect("room");
+        REFUSE_ASIDE.store(true, Relaxed);
+        let refused = insert(0x30_0000, 32, 8, 5, 0, None);
+        REFUSE_ASIDE.store(false, Relaxed);
+        let stale = refused.expect_err("no room aside");
+        assert_eq!(stale.map(|e| (e.size, e.stack, e.scope)), Some((64, 7, 3)));
+        assert!(get(0x30_0000).is_none(), "neither record is left");
+        assert_eq!(counters::current(), base);
+        clear(true, || {});
     }
+
+    /// Makes every record aside fail to be stored (as when the side table cannot grow).
+    pub(super) static REFUSE_ASIDE: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
 }

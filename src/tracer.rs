@@ -487,7 +487,11 @@ fn record(address: usize, size: usize, credit: usize) -> bool {
             }
             true
         }
-        Err(()) => {
+        Err(stale) => {
+            // A stale record went all the same: its scope hears of its end.
+            if let Some(stale) = stale {
+                scope::freed(&stale);
+            }
             counters::dropped();
             false
         }

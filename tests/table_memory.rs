@@ -1,6 +1,7 @@
 //! The tracer's tables give memory back when the live set falls: after a peak of many small
 //! blocks is freed, `tracer_memory()` drops to a fraction of what it was, and grows again when
-//! the program builds again; at a million live blocks they cost at most 24 B a block, growth
+//! the program builds again (also the records kept aside for blocks made inside a
+//! measurement); at a million live blocks they cost at most 24 B a block, growth
 //! slack included. One `#[test]`: the figures are process-wide.
 
 use std::hint::black_box;
@@ -36,6 +37,25 @@ fn tables_shrink_after_the_live_set_falls() {
             after < before + (at_peak - before) / 8,
             "round {round}: {after} B after freeing everything, {at_peak} B at the peak, \
              {before} B before"
+        );
+    }
+    // Blocks made inside a measurement keep their records aside (with their scope): that
+    // table gives its memory back too, once they are freed outside it.
+    for round in 0..2 {
+        let before = tracealloc::tracer_memory();
+        let (blocks, measured) = tracealloc::measure(|| build(BLOCKS));
+        assert!(measured.allocations() >= BLOCKS as u64);
+        let at_peak = tracealloc::tracer_memory();
+        assert!(
+            at_peak - before >= BLOCKS * 13,
+            "scoped, round {round}: the tables hold {at_peak} B for {BLOCKS} live blocks"
+        );
+        drop(black_box(blocks));
+        let after = tracealloc::tracer_memory();
+        assert!(
+            after < before + (at_peak - before) / 8,
+            "scoped, round {round}: {after} B after freeing everything, {at_peak} B at the \
+             peak, {before} B before"
         );
     }
     // At a million live blocks, the tables' bytes a block, slack included (issue 16's goal:
