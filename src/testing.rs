@@ -203,18 +203,25 @@ impl Measurement {
             if frames.iter().any(|f| f.function.starts_with("test::")) {
                 continue;
             }
-            let of_ours = frames.iter().any(|f| {
+            let of_ours_by_name = |function: &str| {
+                // Closures as the measured closure's type name spells them.
+                let function = origin::unnumbered_closures(function);
+                // Nested in the measured closure, or the measured closure's own name: that runs
+                // on the measuring thread only, so on another thread the name is a closure the
+                // compiler merged with one written inside it (identical closures become one
+                // function, named after one of them) or one legacy symbols spell the same.
                 let nested = !self.measured_in.is_empty()
-                    && f.function
+                    && function
                         .strip_prefix(self.measured_in)
-                        .is_some_and(|rest| rest.starts_with("::"));
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"));
                 nested
                     || ours.iter().any(|name| {
-                        f.function
+                        function
                             .strip_prefix(name.as_str())
                             .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
                     })
-            });
+            };
+            let of_ours = frames.iter().any(|f| of_ours_by_name(&f.function));
             let own = || {
                 frames
                     .iter()
@@ -262,17 +269,17 @@ impl Measurement {
             } else {
                 frames
                     .iter()
-                    .position(|f| &*f.function == self.measured_in)
+                    .position(|f| origin::unnumbered_closures(&f.function) == self.measured_in)
                     .unwrap_or(0)
             };
             for f in frames.iter().take(inside) {
                 if origin::of_frame(f) != origin::Kind::Own {
                     continue;
                 }
-                let name = f
-                    .function
+                let function = origin::unnumbered_closures(&f.function);
+                let name = function
                     .find("::{{closure}}")
-                    .map_or(&*f.function, |at| &f.function[..at]);
+                    .map_or(&*function, |at| &function[..at]);
                 let measured = self.measured_in.strip_suffix("::{{closure}}");
                 if !name.is_empty() && Some(name) != measured && !names.iter().any(|n| n == name) {
                     names.push(name.to_owned());
@@ -463,7 +470,8 @@ fn write_site(f: &mut fmt::Formatter<'_>, head: &str, traceback: &Traceback) -> 
         .collect();
     let outermost = match own.as_slice() {
         [.., inner, outer]
-            if outer.function.strip_suffix("::{{closure}}") == Some(&*inner.function) =>
+            if origin::unnumbered_closures(&outer.function).strip_suffix("::{{closure}}")
+                == Some(&*origin::unnumbered_closures(&inner.function)) =>
         {
             Some(*inner)
         }

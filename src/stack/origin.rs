@@ -398,6 +398,32 @@ fn symbol_crates(function: &str) -> (Option<&str>, Option<&str>) {
     }
 }
 
+/// `name` with its closures spelt as `std::any::type_name` and legacy symbols spell them
+/// (`app::main::{{closure}}`): v0 symbols (std's own, and a program built with
+/// `-C symbol-mangling-version=v0`) number them (`app::main::{closure#0}`). For comparing a
+/// frame's function with a closure's type name.
+pub(crate) fn unnumbered_closures(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains("{closure#") {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(at) = rest.find("{closure#") {
+        let tail = &rest[at + "{closure#".len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && tail.as_bytes().get(digits) == Some(&b'}') {
+            out.push_str(&rest[..at]);
+            out.push_str("{{closure}}");
+            rest = &tail[digits + 1..];
+        } else {
+            out.push_str(&rest[..at + 1]);
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 /// A closure's type: `app::main::{closure#0}` (v0 mangling), `app::main::{{closure}}` (legacy).
 fn is_closure(path: &str) -> bool {
     let last = path.rsplit("::").next().unwrap_or(path);
@@ -669,6 +695,19 @@ mod tests {
             "<app::Probe as serde_core::de::Deserialize>::deserialize::<&mut serde_json::de::Deserializer<serde_json::read::StrRead>>"
         ));
         assert!(!is_toolchain_symbol("app::main::{closure#0}"));
+        assert_eq!(
+            unnumbered_closures("app::t::{closure#0}::{closure#12}"),
+            "app::t::{{closure}}::{{closure}}"
+        );
+        assert_eq!(
+            unnumbered_closures("<app::f::{closure#1} as core::ops::FnOnce<()>>::call_once"),
+            "<app::f::{{closure}} as core::ops::FnOnce<()>>::call_once"
+        );
+        assert_eq!(
+            unnumbered_closures("app::t::{{closure}}"),
+            "app::t::{{closure}}"
+        );
+        assert_eq!(unnumbered_closures("app::{closure#x}"), "app::{closure#x}");
         assert!(!is_toolchain_symbol(
             "<app::Foo as core::fmt::Display>::fmt"
         ));
