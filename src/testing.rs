@@ -393,9 +393,10 @@ fn write_others(f: &mut fmt::Formatter<'_>, n: u64) -> fmt::Result {
     write!(
         f,
         "\n  note: other threads made {n} allocation{} outside any measurement scope meanwhile, \
-         not counted here; if this code hands work to threads it did not spawn (a thread pool, \
-         an async runtime's workers), carry the scope there with Scope::run, \
-         Scope::wrap_future or measure_future",
+         not counted here: other tests or threads running beside this code, or work it handed \
+         without its scope to threads it did not spawn (a thread pool, an async runtime's \
+         workers); for such work, carry the scope there with Scope::run, Scope::wrap_future \
+         or measure_future",
         plural(n as usize)
     )
 }
