@@ -203,9 +203,9 @@ impl Measurement {
             if frames.iter().any(|f| f.function.starts_with("test::")) {
                 continue;
             }
-            let of_ours_by_name = |function: &str| {
+            let of_ours = frames.iter().any(|f| {
                 // Closures as the measured closure's type name spells them.
-                let function = origin::unnumbered_closures(function);
+                let function = origin::unnumbered_closures(&f.function);
                 // Nested in the measured closure, or the measured closure's own name: that runs
                 // on the measuring thread only, so on another thread the name is a closure the
                 // compiler merged with one written inside it (identical closures become one
@@ -220,8 +220,7 @@ impl Measurement {
                             .strip_prefix(name.as_str())
                             .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
                     })
-            };
-            let of_ours = frames.iter().any(|f| of_ours_by_name(&f.function));
+            });
             let own = || {
                 frames
                     .iter()

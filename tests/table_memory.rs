@@ -20,43 +20,40 @@ fn build(n: usize) -> Vec<Box<u64>> {
     (0..n as u64).map(|i| black_box(Box::new(i))).collect()
 }
 
+/// Makes `BLOCKS` live blocks with `make`, frees them, and checks that the tracer's tables
+/// held at least a slot and a control byte a block meanwhile and gave back all but an eighth of
+/// that growth over `before` once they were freed.
+fn holds_then_gives_back(what: &str, before: usize, make: impl FnOnce() -> Vec<Box<u64>>) {
+    let blocks = make();
+    let at_peak = tracealloc::tracer_memory();
+    // A 12-byte slot and a control byte a bucket, at least one bucket a block.
+    assert!(
+        at_peak - before >= BLOCKS * 13,
+        "{what}: the tables hold {at_peak} B for {BLOCKS} live blocks"
+    );
+    drop(black_box(blocks));
+    let after = tracealloc::tracer_memory();
+    assert!(
+        after < before + (at_peak - before) / 8,
+        "{what}: {after} B after freeing everything, {at_peak} B at the peak, {before} B before"
+    );
+}
+
 #[test]
 fn tables_shrink_after_the_live_set_falls() {
     let before = tracealloc::tracer_memory();
     for round in 0..2 {
-        let blocks = build(BLOCKS);
-        let at_peak = tracealloc::tracer_memory();
-        // A 12-byte slot and a control byte a bucket, at least one bucket a block.
-        assert!(
-            at_peak - before >= BLOCKS * 13,
-            "round {round}: the tables hold {at_peak} B for {BLOCKS} live blocks"
-        );
-        drop(black_box(blocks));
-        let after = tracealloc::tracer_memory();
-        assert!(
-            after < before + (at_peak - before) / 8,
-            "round {round}: {after} B after freeing everything, {at_peak} B at the peak, \
-             {before} B before"
-        );
+        holds_then_gives_back(&format!("round {round}"), before, || build(BLOCKS));
     }
     // Blocks made inside a measurement keep their records aside (with their scope): that
     // table gives its memory back too, once they are freed outside it.
     for round in 0..2 {
         let before = tracealloc::tracer_memory();
-        let (blocks, measured) = tracealloc::measure(|| build(BLOCKS));
-        assert!(measured.allocations() >= BLOCKS as u64);
-        let at_peak = tracealloc::tracer_memory();
-        assert!(
-            at_peak - before >= BLOCKS * 13,
-            "scoped, round {round}: the tables hold {at_peak} B for {BLOCKS} live blocks"
-        );
-        drop(black_box(blocks));
-        let after = tracealloc::tracer_memory();
-        assert!(
-            after < before + (at_peak - before) / 8,
-            "scoped, round {round}: {after} B after freeing everything, {at_peak} B at the \
-             peak, {before} B before"
-        );
+        holds_then_gives_back(&format!("scoped, round {round}"), before, || {
+            let (blocks, measured) = tracealloc::measure(|| build(BLOCKS));
+            assert!(measured.allocations() >= BLOCKS as u64);
+            blocks
+        });
     }
     // At a million live blocks, the tables' bytes a block, slack included (issue 16's goal:
     // 24 B; equal shards' tables were all just past a doubling there, at 27.3 B).
