@@ -203,6 +203,14 @@ pub(crate) fn registry_is_mine() -> bool {
     REGISTRY.is_mine()
 }
 
+/// Runs `f` holding the registry's lock, as a signal handler that interrupted the scopes'
+/// bookkeeping would run.
+#[cfg(test)]
+pub(crate) fn holding_registry<R>(f: impl FnOnce() -> R) -> R {
+    let _held = REGISTRY.lock();
+    f()
+}
+
 /// `fork`'s prepare handler: takes the registry's lock (see `fork.rs`).
 pub(crate) fn lock_for_fork() {
     REGISTRY.lock_and_keep();

@@ -853,7 +853,22 @@ pub(crate) fn insert(
     };
     let weight = sample::weight(size);
     let stale = match shard.live.entry(h, |s| s.is(key), rehash) {
-        hashbrown::hash_table::Entry::Occupied(occupied) => Some(*occupied.get()),
+        hashbrown::hash_table::Entry::Occupied(occupied) => {
+            let stale = *occupied.get();
+            // The stale record's scope hears of its end (`scope::freed`) after the insert,
+            // under the scope registry's lock: a signal handler that interrupted this thread
+            // inside the scopes' bookkeeping records nothing instead, as `remove` refuses.
+            if stale.in_side()
+                && crate::scope::registry_is_mine()
+                && shard
+                    .side
+                    .find(h, |e| e.address == key)
+                    .is_some_and(|e| e.scope != 0)
+            {
+                return Err(None);
+            }
+            Some(stale)
+        }
         hashbrown::hash_table::Entry::Vacant(vacant) if scope == 0 && Slot::fits(size, stack) => {
             vacant.insert(Slot::new(key, size, stack));
             None
@@ -1419,6 +1434,19 @@ mod tests {
         assert_eq!(stale.map(|e| (e.size, e.stack, e.scope)), Some((64, 7, 3)));
         assert!(get(0x30_0000).is_none(), "neither record is left");
         assert_eq!(counters::current(), base);
+        clear(true, || {});
+
+        // A stale record of a scope, met by an allocation in a signal handler that interrupted
+        // the scopes' bookkeeping (this thread holds the registry's lock): nothing changes, and
+        // the stale record is there for the next insert or free to hand back.
+        insert(0x31_0000, 64, 7, 3, 0, None).expect("room");
+        let busy = crate::scope::holding_registry(|| insert(0x31_0000, 32, 8, 0, 0, None));
+        assert!(matches!(busy, Err(None)), "{busy:?}");
+        assert_eq!(get(0x31_0000).map(|e| (e.size, e.scope)), Some((64, 3)));
+        assert_eq!(counters::current(), base + 64);
+        let stale = insert(0x31_0000, 32, 8, 0, 0, None).expect("room");
+        assert_eq!(stale.map(|e| (e.size, e.stack, e.scope)), Some((64, 7, 3)));
+        assert_eq!(get(0x31_0000).map(|e| (e.size, e.scope)), Some((32, 0)));
         clear(true, || {});
     }
 
