@@ -183,9 +183,9 @@ fn walk(
             return (n, rule & KIND_MASK == END);
         }
         let base = if rule & RBP_BASE != 0 { bp } else { sp };
-        // Wrapping: a CFA that wraps past the top of the address space lands below `sp` and
-        // stops the walk here, as an address outside the stack does in `read`.
-        let cfa = base.wrapping_add((rule & 0xFFFF) as usize);
+        let Some(cfa) = base.checked_add((rule & 0xFFFF) as usize) else {
+            return (n, false);
+        };
         if cfa <= sp {
             return (n, false);
         }
@@ -194,7 +194,10 @@ fn walk(
         };
         let saved = (rule >> 24) as u8 as i8;
         if saved != 0 {
-            match read(cfa.wrapping_add_signed(saved as isize * 8)) {
+            let Some(at) = cfa.checked_add_signed(saved as isize * 8) else {
+                return (n, false);
+            };
+            match read(at) {
                 Some(v) => bp = v,
                 None => return (n, false),
             }
