@@ -823,8 +823,9 @@ fn rehash(s: &Slot) -> u64 {
 
 /// Records a live block. Returns `Ok(Some(stale))` when it replaced a record whose free was
 /// never seen; `Err`, recording nothing, when the table could not grow or this thread holds the
-/// shard's lock already (a signal handler), with such a stale record when it was removed all
-/// the same (its scope must still hear of its end).
+/// shard's lock already, or the scope registry's while the stale record belongs to a scope (a
+/// signal handler), with such a stale record when it was removed all the same (its scope must
+/// still hear of its end).
 ///
 /// The block's weight, and whether it is marked as possibly recorded for sampling's frees, are
 /// decided here under the shard lock, with the sampling mean in force: a switch of the mean
