@@ -44,7 +44,7 @@ BINARIES = [
 NOFP_BINARIES = [
     ("nofp/system", "no profiler (System), built without frame pointers"),
     ("nofp/tracealloc_exact", "tracealloc, every allocation, without frame pointers"),
-    ("nofp/tracealloc_sampled", "tracealloc, sampled, without frame pointers"),
+    ("nofp/tracealloc_sampled", "tracealloc, sampled (512 KiB), without frame pointers"),
 ]
 
 

@@ -222,8 +222,9 @@ pub(crate) fn unlock_after_fork() {
     unsafe { REGISTRY.force_unlock() };
 }
 
-/// Scope updates skipped because this thread held the registry (a signal handler whose
-/// allocation replaced a stale record made in a scope): never otherwise.
+/// Scope updates skipped because this thread held the registry (a signal handler in the
+/// scopes' bookkeeping; `table::insert` and `table::remove` refuse before a record of a scope
+/// would need an update, so only `observed` can still skip): never otherwise.
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn skipped_updates() -> u64 {
