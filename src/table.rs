@@ -821,6 +821,23 @@ fn rehash(s: &Slot) -> u64 {
     address_hash(s.key())
 }
 
+/// Whether ending the record in `slot` would need the scope registry's lock while this thread
+/// holds it (a signal handler inside the scopes' bookkeeping): the record is kept aside, as
+/// every record of a scope is, and belongs to one. `insert` and `remove` then refuse.
+#[inline(always)]
+fn waits_on_own_registry(
+    side: &HashTable<Entry, MetaAlloc>,
+    slot: &Slot,
+    h: u64,
+    key: usize,
+) -> bool {
+    slot.in_side()
+        && crate::scope::registry_is_mine()
+        && side
+            .find(h, |e| e.address == key)
+            .is_some_and(|e| e.scope != 0)
+}
+
 /// Records a live block. Returns `Ok(Some(stale))` when it replaced a record whose free was
 /// never seen; `Err`, recording nothing, when the table could not grow or this thread holds the
 /// shard's lock already, or the scope registry's while the stale record belongs to a scope (a
@@ -859,13 +876,7 @@ pub(crate) fn insert(
             // The stale record's scope hears of its end (`scope::freed`) after the insert,
             // under the scope registry's lock: a signal handler that interrupted this thread
             // inside the scopes' bookkeeping records nothing instead, as `remove` refuses.
-            if stale.in_side()
-                && crate::scope::registry_is_mine()
-                && shard
-                    .side
-                    .find(h, |e| e.address == key)
-                    .is_some_and(|e| e.scope != 0)
-            {
+            if waits_on_own_registry(&shard.side, &stale, h, key) {
                 return Err(None);
             }
             Some(stale)
@@ -1008,13 +1019,7 @@ pub(crate) fn remove(
     let Ok(found) = shard.live.find_entry(h, |s| s.is(key)) else {
         return Ok(None);
     };
-    if found.get().in_side()
-        && crate::scope::registry_is_mine()
-        && shard
-            .side
-            .find(h, |e| e.address == key)
-            .is_some_and(|e| e.scope != 0)
-    {
+    if waits_on_own_registry(&shard.side, found.get(), h, key) {
         return Err(Busy);
     }
     let (slot, _) = found.remove();
